@@ -1,0 +1,1 @@
+"""Datasets with auxiliary relations, auxiliary-task samplers and raw-data converters."""

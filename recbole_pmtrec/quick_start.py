@@ -1,0 +1,104 @@
+"""RecBole-style entry points that resolve plugin models, trainers and datasets.
+
+Mirrors ``recbole.quick_start`` step for step (same seeding, same order), so a built-in model run through
+the plugin gives RecBole's own numbers; it never imports ``recbole.quick_start`` (that imports ray).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from logging import getLogger
+
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_pmtrec.compat import load_checkpoint
+from recbole_pmtrec.config import Config
+from recbole_pmtrec.utils import create_dataset, data_preparation, get_flops_or_none, get_model, get_trainer
+
+
+def run_recbole_pmtrec(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train and test a model (plugin or RecBole) on a dataset; returns RecBole's result dict."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    transform = construct_transform(config)
+    flops = get_flops_or_none(model, dataset, config["device"], transform)
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """The objective for ``recbole.trainer.HyperTuning``: train with ``config_dict`` and report."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file):
+    """Load a checkpoint (weights only, allow-listed), rebuild its data and return
+    ``(config, model, dataset, train_data, valid_data, test_data)``."""
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

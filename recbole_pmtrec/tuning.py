@@ -1,0 +1,58 @@
+"""Hyperparameter tuning with RecBole's ``HyperTuning`` (hyperopt: exhaustive, random, bayes), in-process."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from functools import partial
+
+from recbole.trainer import HyperTuning
+
+from recbole_pmtrec.quick_start import objective_function
+
+
+def _model_objective(config_dict, config_file_list, model, dataset):
+    return objective_function({**config_dict, "model": model, "dataset": dataset}, config_file_list)
+
+
+def result_table(tuner: HyperTuning) -> str:
+    """A markdown table: one row per trial (parameters, best valid score, valid and test metrics)."""
+    rows = list(tuner.params2result.items())
+    if not rows:
+        return "(no trial finished)\n"
+    valid_keys = list(rows[0][1]["best_valid_result"].keys())
+    test_keys = list(rows[0][1]["test_result"].keys())
+    header = (
+        ["params", "best_valid_score"] + [f"valid {k}" for k in valid_keys] + [f"test {k}" for k in test_keys]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for params, result in rows:
+        cells = [params, f"{result['best_valid_score']:.4f}"]
+        cells += [f"{result['best_valid_result'][k]:.4f}" for k in valid_keys]
+        cells += [f"{result['test_result'][k]:.4f}" for k in test_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    best = tuner.params2str(tuner.best_params) if tuner.best_params is not None else "none"
+    lines += ["", f"best params: {best}  (best valid score {tuner.best_score})"]
+    return "\n".join(lines) + "\n"
+
+
+def tune(model, dataset, params_file, config_file_list=None, algo="exhaustive", max_evals=100, output=None):
+    """Run a search over ``params_file`` (RecBole's format: ``name choice [..]``, ``uniform lo,hi``, ...),
+    write the result table (markdown) to ``output`` and return ``{"best_params", "best_score", "table"}``."""
+    tuner = HyperTuning(
+        partial(_model_objective, model=model, dataset=dataset),
+        params_file=params_file,
+        fixed_config_file_list=config_file_list,
+        algo=algo,
+        max_evals=max_evals,
+    )
+    tuner.run()
+    if output is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = os.path.join("hyper_results", f"{model}-{dataset}-{stamp}.md")
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    table = result_table(tuner)
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(f"# Tuning {model} on {dataset} ({algo}, {params_file})\n\n{table}")
+    print(f"tuning table written to {output}\n{table}")
+    return {"best_params": tuner.best_params, "best_score": tuner.best_score, "table": output}

@@ -1,0 +1,46 @@
+"""Shared fixtures: one thread, no pytest arguments leaking into RecBole's command-line parser, and every
+run's log / checkpoint files inside a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import recbole_pmtrec  # noqa: E402,F401  (applies the compat shims)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def shared_data_dir() -> Path:
+    """The real datasets: ``$RECBOLE_PMTREC_SHARED_DATA`` or ``../shared/data`` beside the project."""
+    env = os.environ.get("RECBOLE_PMTREC_SHARED_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    """Config entries that keep an end-to-end run short and its files in ``tmp_path``."""
+    return {
+        "epochs": 1,
+        "show_progress": False,
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "state": "WARNING",
+        "use_gpu": False,
+    }
