@@ -86,7 +86,9 @@ def _dataset_class(config) -> type | None:
     dataset_class = getattr(model_class, "dataset_class", None)
     if dataset_class is not None:
         return dataset_class
-    if config["MODEL_TYPE"] == ModelType.GENERAL and (config["aux_relations"] or config["category_field"]):
+    if getattr(model_class, "needs_aux_data", False):
+        return data_module.AuxDataset
+    if config["MODEL_TYPE"] == ModelType.GENERAL and config["aux_relations"]:
         return data_module.AuxDataset
     return None
 

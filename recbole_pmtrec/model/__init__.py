@@ -1,3 +1,5 @@
 """The plugin's RecBole models. ``MODELS`` maps a model name (as given to ``--model``) to its class."""
 
-MODELS: dict[str, type] = {}
+from recbole_pmtrec.model.pmtrec import PMTRec
+
+MODELS: dict[str, type] = {"PMTRec": PMTRec}
