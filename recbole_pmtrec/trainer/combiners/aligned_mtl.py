@@ -12,8 +12,6 @@ The task gradients are made orthogonal and of equal size (the condition number o
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner, knob
 
@@ -25,6 +23,8 @@ class AlignedMTLCombiner(AggregatorCombiner):
     """Config: ``aligned_mtl_scale_mode`` (min | median | rmse)."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         scale_mode = str(knob(self.config, "aligned_mtl_scale_mode")).lower()
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"aligned_mtl_scale_mode must be one of {SCALE_MODES}, got '{scale_mode}'")

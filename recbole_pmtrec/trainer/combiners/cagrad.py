@@ -12,8 +12,6 @@ c = 0 is the mean (EW / T); larger c moves towards MGDA. Stateless. Source: ``to
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner, knob
 
@@ -23,4 +21,6 @@ class CAGradCombiner(AggregatorCombiner):
     """Config: ``cagrad_c`` (radius scale c >= 0)."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.CAGrad(c=float(knob(self.config, "cagrad_c")))

@@ -47,7 +47,9 @@ class AggregatorCombiner(Combiner):
         self.aggregator = self.make_aggregator()
 
     def make_aggregator(self) -> torch.nn.Module:
-        """The TorchJD aggregator, built from this combiner's knobs (``self.config``)."""
+        """The TorchJD aggregator, built from this combiner's knobs (``self.config``). Subclasses import
+        ``torchjd.aggregation`` here, not at module level: it imports cvxpy (about 2 s), which only the runs
+        that build such a combiner should pay for."""
         raise NotImplementedError
 
     def combine(self, jacobian: torch.Tensor, losses: torch.Tensor, epoch: int) -> torch.Tensor:

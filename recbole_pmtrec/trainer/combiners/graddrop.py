@@ -13,7 +13,6 @@ with leak l_t (``graddrop_leak``: 0 = the paper's plain GradDrop, 1 = EW's sum).
 from __future__ import annotations
 
 import torch
-from torchjd import aggregation as jd
 
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner, knob
@@ -24,6 +23,8 @@ class GradDropCombiner(AggregatorCombiner):
     """Config: ``graddrop_leak`` (one number for every task, or a list of T numbers, each in [0, 1])."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         leak = knob(self.config, "graddrop_leak")
         leak = torch.as_tensor(leak, dtype=torch.float32).flatten()
         if leak.numel() == 1:

@@ -11,8 +11,6 @@ Stateless. Source: ``torchjd.aggregation.IMTLG``.
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner
 
@@ -22,4 +20,6 @@ class IMTLGCombiner(AggregatorCombiner):
     """d with equal projections on every unit task gradient."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.IMTLG()

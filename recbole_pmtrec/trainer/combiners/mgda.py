@@ -11,8 +11,6 @@ is below it), ``mgda_max_iters``.
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner, knob
 
@@ -22,6 +20,8 @@ class MGDACombiner(AggregatorCombiner):
     """d = the min-norm convex combination of the task gradients."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.MGDA(
             epsilon=float(knob(self.config, "mgda_epsilon")),
             max_iters=int(knob(self.config, "mgda_max_iters")),

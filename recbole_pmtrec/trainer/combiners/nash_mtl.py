@@ -18,7 +18,6 @@ import warnings
 
 import numpy as np
 import torch
-from torchjd import aggregation as jd
 
 from recbole_pmtrec.trainer.combiners.base import Combiner, register
 from recbole_pmtrec.trainer.combiners.common import knob
@@ -37,6 +36,8 @@ class NashMTLCombiner(Combiner):
                 "nash_mtl_max_norm must be >= 0 and nash_mtl_update_weights_every >= 1, got "
                 f"{self.max_norm} and {self.update_weights_every}"
             )
+        from torchjd import aggregation as jd
+
         self.aggregator = jd.NashMTL(
             n_tasks=num_tasks,
             max_norm=0.0,

@@ -11,8 +11,6 @@ Stateless (the order comes from the global torch RNG; with T = 2 it does not mat
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner
 
@@ -22,4 +20,6 @@ class PCGradCombiner(AggregatorCombiner):
     """d = sum_i g_i^PC (conflicting components projected away)."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.PCGrad()

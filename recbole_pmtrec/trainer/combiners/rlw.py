@@ -9,8 +9,6 @@ so the step is on the scale of the mean of the task gradients (EW's sum / T).
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner
 
@@ -20,4 +18,6 @@ class RandomLossWeighting(AggregatorCombiner):
     """d = softmax(z) @ J with z ~ N(0, I) per step."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.Random()

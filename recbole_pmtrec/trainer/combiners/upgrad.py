@@ -12,8 +12,6 @@ so d never conflicts with any task (g_t . d >= 0 for all t). Stateless. Source:
 
 from __future__ import annotations
 
-from torchjd import aggregation as jd
-
 from recbole_pmtrec.trainer.combiners.base import register
 from recbole_pmtrec.trainer.combiners.common import AggregatorCombiner
 
@@ -23,4 +21,6 @@ class UPGradCombiner(AggregatorCombiner):
     """d = mean of the task gradients projected onto the dual cone of the Jacobian."""
 
     def make_aggregator(self):
+        from torchjd import aggregation as jd
+
         return jd.UPGrad()
