@@ -23,7 +23,7 @@ def properties_dir() -> Path:
 class Config(RecBoleConfig):
     """RecBole's ``Config`` with the plugin's yamls layered in RecBole's own order.
 
-    Precedence, lowest first: RecBole overall < plugin overall < RecBole model < plugin model <
+    Precedence, lowest first: RecBole overall < plugin overall (and combiners.yaml) < RecBole model < plugin model <
     RecBole sample < RecBole dataset < plugin dataset < (model-type presets) < config files <
     config dict < command line. Model names resolve in the plugin first, then in RecBole.
     """
@@ -63,6 +63,7 @@ class Config(RecBoleConfig):
         }
         plugin = {
             "overall": ours / "overall.yaml",
+            "combiners": ours / "combiners.yaml",
             "model": ours / "model" / f"{model}.yaml",
             "dataset": ours / "dataset" / f"{dataset}.yaml",
         }
@@ -72,7 +73,7 @@ class Config(RecBoleConfig):
                 order.append(plugin["model"])
             order.append(file)
             if file == rb["overall"]:
-                order.append(plugin["overall"])
+                order += [plugin["overall"], plugin["combiners"]]
             if file == rb["dataset"] or (file == rb["sample"] and rb["dataset"] not in self._recbole_files):
                 order.append(plugin["dataset"])
 

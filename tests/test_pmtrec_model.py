@@ -1,0 +1,91 @@
+"""The PMTRec model: its task losses against hand formulas, and an end-to-end run on ml-100k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_pmtrec import Config, create_dataset, data_preparation, run_recbole_pmtrec
+from recbole_pmtrec.model import PMTRec
+
+
+@pytest.fixture(scope="module")
+def ml100k_model():
+    config = Config(
+        "PMTRec",
+        "ml-100k",
+        config_dict={
+            "state": "ERROR",
+            "show_progress": False,
+            "aux_tasks": ["category", "directau", "rating"],
+        },
+    )
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    model = PMTRec(config, train_data._dataset)
+    batch = next(iter(train_data))
+    return config, model, batch, train_data._dataset
+
+
+def test_tasks_and_loss_order(ml100k_model):
+    config, model, batch, _ = ml100k_model
+    assert model.task_names == ["main", "category", "directau", "rating"]
+    losses = model.calculate_loss(batch)
+    assert len(losses) == 4 and all(torch.isfinite(x) for x in losses)
+
+
+def test_main_directau_rating_losses_match_hand_formulas(ml100k_model):
+    config, model, batch, _ = ml100k_model
+    out = model.multitask_forward(batch)
+    users = model.encoder.user_embedding.weight[batch["user_id"]].double()
+    pos = model.encoder.item_embedding.weight[batch["item_id"]].double()
+    neg = model.encoder.item_embedding.weight[batch["neg_item_id"]].double()
+    # BPR, written out: mean of log(1 + exp(-(u.p - u.n)))
+    diff = (users * pos).sum(1) - (users * neg).sum(1)
+    bpr = torch.log1p(torch.exp(-diff)).mean()
+    assert math.isclose(out.losses[0].item(), bpr.item(), rel_tol=1e-5)
+    # DirectAU with gamma: alignment + gamma * mean of the two uniformities (pairwise loop-free but explicit)
+    u, p = F.normalize(users, dim=1), F.normalize(pos, dim=1)
+    align = ((u - p) ** 2).sum(1).mean()
+
+    def uniform(x):
+        d2 = torch.cdist(x, x).pow(2)
+        iu = torch.triu_indices(len(x), len(x), offset=1)
+        return torch.log(torch.exp(-2 * d2[iu[0], iu[1]]).mean())
+
+    gamma = model.directau_gamma
+    directau = align + gamma * (uniform(u) + uniform(p)) / 2
+    assert math.isclose(out.losses[2].item(), directau.item(), rel_tol=1e-4)
+    rating = (((users * pos).sum(1) - batch["rating"].double()) ** 2).mean()
+    assert math.isclose(out.losses[3].item(), rating.item(), rel_tol=1e-5)
+
+
+def test_category_task_pairs_share_a_category(ml100k_model):
+    _, model, batch, dataset = ml100k_model
+    out = model.multitask_forward(batch)
+    category_gathers = [g for g in out.gathers if g.task == 1]
+    assert {g.table for g in category_gathers} == {"item"}
+    anchor, positive = category_gathers[0].index, category_gathers[1].index
+    genres = dataset.item_feat["class"]
+    share = [
+        (set(genres[a].tolist()) - {0}) & (set(genres[b].tolist()) - {0}) for a, b in zip(anchor, positive)
+    ]
+    assert all(share)
+
+
+def test_unknown_task_is_a_clear_error():
+    config = Config("PMTRec", "ml-100k", config_dict={"state": "ERROR", "aux_tasks": ["social"]})
+    with pytest.raises(ValueError, match="unknown task 'social'"):
+        create_dataset(config)
+
+
+def test_pmtrec_end_to_end_on_ml100k(fast_config):
+    result = run_recbole_pmtrec("PMTRec", "ml-100k", config_dict={**fast_config, "epochs": 2}, saved=True)
+    assert result["test_result"]["recall@10"] > 0
+    from recbole_pmtrec import load_data_and_model
+
+    config, model, *_ = load_data_and_model(result["saved_model_file"])
+    assert config["mtl_method"] == "pmtrec" and isinstance(model, PMTRec)
