@@ -61,3 +61,6 @@ def build_encoder(config, dataset, n_users: int, n_items: int) -> Encoder:
     if name not in ENCODERS:
         raise ValueError(f"Unknown encoder '{name}'. Available: {', '.join(sorted(ENCODERS))}")
     return ENCODERS[name](config, dataset, n_users, n_items, int(config["embedding_size"]))
+
+
+from recbole_pmtrec.model import graph_encoders  # noqa: E402,F401  (registers lightgcn, ngcf)

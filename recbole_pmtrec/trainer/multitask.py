@@ -73,7 +73,13 @@ class MultiTaskTrainer(Trainer):
                 per_task_dense.append(grads[len(rows) :])
             dense_sum = None
         else:
-            grads = torch.autograd.grad(losses.sum(), rows + self.dense_params, allow_unused=True)
+            # a graph encoder's base_gradients may replay its propagation (NGCF): keep the graph until then
+            grads = torch.autograd.grad(
+                losses.sum(),
+                rows + self.dense_params,
+                allow_unused=True,
+                retain_graph=not model.gathers_from_base,
+            )
             row_grads, dense_sum = grads[: len(rows)], grads[len(rows) :]
 
         blocks = self._per_task_row_gradients(gathers, row_grads, len(losses))
@@ -102,8 +108,8 @@ class MultiTaskTrainer(Trainer):
         from_base = self.model.gathers_from_base
         output_buffers = {}
         for name, parts in by_table.items():
-            weight = self.tables[name]
-            n_rows, dim = weight.shape
+            n_rows = self.tables[name].shape[0]
+            dim = parts[0][2].shape[-1]  # the base table's width, or a graph encoder's output width (NGCF)
             index = torch.cat([p[1] for p in parts])
             task = torch.cat([torch.full_like(p[1], p[0]) for p in parts])
             grad = torch.cat([p[2].reshape(-1, dim) for p in parts])
@@ -128,9 +134,10 @@ class MultiTaskTrainer(Trainer):
                 touched.view(-1)[task * r + inverse] = True
                 blocks[name] = (unique, buffer, touched)
         if output_buffers:
+            width = next(iter(output_buffers.values())).shape[-1]
             for name, weight in self.tables.items():  # the propagation mixes tables: give it all of them
                 if name not in output_buffers:
-                    output_buffers[name] = weight.new_zeros(num_tasks, *weight.shape)
+                    output_buffers[name] = weight.new_zeros(num_tasks, weight.shape[0], width)
             for name, buffer in self.model.base_gradients(output_buffers).items():
                 touched = buffer.abs().amax(dim=-1) > 0
                 blocks[name] = (None, buffer, touched)
