@@ -22,6 +22,7 @@ from recbole_pmtrec import (
     run_recbole_pmtrec,
 )
 from recbole_pmtrec.config import properties_dir
+from recbole_pmtrec.data.convert.census_income import convert_census_income
 from recbole_pmtrec.data.multilabel import MultiLabelDataset
 from recbole_pmtrec.trainer.multilabel import MultiLabelTrainer
 
@@ -351,8 +352,6 @@ def test_census_income_converter_matches_source_counts(tmp_path):
     raw = shared_data_dir() / "census-income-kdd" / "raw"
     if not raw.is_dir():
         pytest.skip(f"Census-Income raw files not found at {raw}")
-    from recbole_pmtrec.data.convert.census_income import convert_census_income
-
     counts = convert_census_income(raw, tmp_path / "out", tmp_path / "yaml")
     splits = counts["splits"]
     assert splits["train"] + splits["valid"] == 199_523 and splits["test"] == 99_762
@@ -370,3 +369,58 @@ def test_census_income_converter_matches_source_counts(tmp_path):
     assert "marital_stat" not in header and "instance_weight" not in header
     committed = properties_dir() / "dataset" / "census-income.yaml"
     assert (tmp_path / "yaml" / "census-income.yaml").read_text() == committed.read_text()
+
+
+def _synthetic_census_rows(ages, income, never_married):
+    """Raw rows in the census format (", " separated, 42 fields): education ``r<age>`` (to trace a row), every
+    other token 'x', numbers 1, given age and labels."""
+    from recbole_pmtrec.data.convert.census_income import COLUMNS
+
+    rows = []
+    for age, rich, single in zip(ages, income, never_married):
+        cells = {"token": "x", "float": "1", "money": "0", "drop": "1000.5"}
+        row = [cells.get(role, "") for _, role in COLUMNS]
+        row[0], row[4], row[7] = str(age), f"r{age}", "Never married" if single else "Divorced"
+        row[41] = "50000+." if rich else "- 50000."
+        rows.append(", ".join(row))
+    return "\n".join(rows) + "\n"
+
+
+def _write_raw(folder, train_text, test_text):
+    folder.mkdir()
+    from recbole_pmtrec.data.convert.census_income import TEST_FILE, TRAIN_FILE
+
+    for name, text in ((TRAIN_FILE, train_text), (TEST_FILE, test_text)):
+        with gzip.open(folder / name, "wt") as f:
+            f.write(text)
+
+
+def _read_part(out, part):
+    import pandas as pd
+
+    frame = pd.read_csv(out / "census-income" / f"census-income.{part}.inter", sep="\t")
+    return frame.rename(columns=lambda c: c.split(":")[0])
+
+
+def test_census_converter_standardises_with_train_statistics_only(tmp_path):
+    ages = list(range(20))
+    train = _synthetic_census_rows(ages, [a % 3 == 0 for a in ages], [a < 8 for a in ages])
+    test = _synthetic_census_rows([90, 5], [True, False], [False, True])
+    _write_raw(tmp_path / "raw", train, test)
+    counts = convert_census_income(tmp_path / "raw", tmp_path / "out")
+    assert counts["splits"] == {"train": 18, "valid": 2, "test": 2}
+    parts = {p: _read_part(tmp_path / "out", p) for p in ("train", "valid", "test")}
+    assert parts["train"]["age"].mean() == pytest.approx(0, abs=1e-5)
+    assert parts["train"]["age"].std() == pytest.approx(1, abs=1e-4)  # the 90-year-old of test counts nowhere
+    train_ages = [int(tag[1:]) for tag in parts["train"]["education"]]
+    assert sorted(train_ages + [int(tag[1:]) for tag in parts["valid"]["education"]]) == ages
+    mean, std = np.mean(train_ages), np.std(train_ages, ddof=1)
+    assert parts["test"]["age"].tolist() == pytest.approx([(90 - mean) / std, (5 - mean) / std], abs=1e-5)
+    assert parts["test"]["income"].tolist() == [1, 0] and parts["test"]["marital"].tolist() == [0, 1]
+
+
+def test_census_converter_names_the_bad_line(tmp_path):
+    rows = _synthetic_census_rows([30, 40], [True, False], [True, True]).replace("- 50000.", "maybe")
+    _write_raw(tmp_path / "raw", rows, rows)
+    with pytest.raises(ValueError, match="line 2: income column 'maybe'"):
+        convert_census_income(tmp_path / "raw", tmp_path / "out")

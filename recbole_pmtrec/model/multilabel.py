@@ -102,7 +102,10 @@ class MultiLabelRecommender(MultiTaskModelMixin, ContextRecommender):
         self.num_tasks = len(self.task_labels)
         self.dropout_prob = config["dropout_prob"] or 0.0
         self.tower_sizes = list(config["tower_mlp_sizes"] or [])
-        self.predict_task = self.task_labels.index(config["predict_task"] or self.task_labels[0])
+        predict_task = config["predict_task"] or self.task_labels[0]
+        if predict_task not in self.task_labels:
+            raise ValueError(f"predict_task {predict_task!r} is not one of task_labels {self.task_labels}")
+        self.predict_task = self.task_labels.index(predict_task)
         self._check_features(config)
         # RecBole builds an FM first-order term for every context model; these models have none
         del self.first_order_linear
