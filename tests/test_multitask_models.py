@@ -1,6 +1,6 @@
 """Multi-task CTR models (SharedBottom, MMoE, CGC, PLE): PLE's routing against a hand computation, multi-label
 negative sampling, per-task gradients of the gathered rows, per-task evaluation, one-epoch runs of every
-model and the Census-Income converter."""
+model, and the Census-Income / AliExpress / Ali-CCP converters."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from recbole_pmtrec import (
     run_recbole_pmtrec,
 )
 from recbole_pmtrec.config import properties_dir
+from recbole_pmtrec.data.convert.ali_mtl import convert_ali_ccp, convert_aliexpress
 from recbole_pmtrec.data.convert.census_income import convert_census_income
 from recbole_pmtrec.data.multilabel import MultiLabelDataset
 from recbole_pmtrec.trainer.multilabel import MultiLabelTrainer
@@ -424,3 +425,30 @@ def test_census_converter_names_the_bad_line(tmp_path):
     _write_raw(tmp_path / "raw", rows, rows)
     with pytest.raises(ValueError, match="line 2: income column 'maybe'"):
         convert_census_income(tmp_path / "raw", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "converter, folder, parts, clicks, conversion",
+    [
+        (convert_aliexpress, "aliexpress-sample", {"train": 90, "valid": 10, "test": 20}, 70, "conversion"),
+        (convert_ali_ccp, "ali-ccp-sample", {"train": 100, "valid": 50, "test": 50}, 16, "purchase"),
+    ],
+)
+def test_click_conversion_samples_load_and_train(
+    tmp_path, fast_config, converter, folder, parts, clicks, conversion
+):
+    """The AliExpress / Ali-CCP fixtures (SOURCE.md counts) load through their generated yaml, with the
+    conversion task counted on clicked rows, and train one epoch."""
+    raw = shared_data_dir() / folder / "raw"
+    if not raw.is_dir():
+        pytest.skip(f"{folder} raw files not found at {raw}")
+    counts = converter(raw, tmp_path / "out", tmp_path / "yaml", name=folder)
+    assert counts["splits"] == parts
+    assert sum(counts["notes"][f"{p} click positives"] for p in parts) == clicks
+    assert all(counts["notes"][f"{p} {conversion} without click"] == 0 for p in parts)
+    config = {**fast_config, "data_path": str(tmp_path / "out")}
+    yaml_file = [str(tmp_path / "yaml" / f"{folder}.yaml")]
+    result = run_recbole_pmtrec("MMoE", folder, config_file_list=yaml_file, config_dict=config)
+    assert {"auc@click", f"auc@{conversion}", f"logloss@{conversion}"} <= set(result["test_result"])
+    built = Config("MMoE", folder, config_file_list=yaml_file, config_dict=config)
+    assert built["task_masks"] == {conversion: "click"}
