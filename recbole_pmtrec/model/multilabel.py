@@ -106,7 +106,7 @@ class MultiLabelRecommender(MultiTaskModelMixin, ContextRecommender):
         if predict_task not in self.task_labels:
             raise ValueError(f"predict_task {predict_task!r} is not one of task_labels {self.task_labels}")
         self.predict_task = self.task_labels.index(predict_task)
-        self._check_features(config)
+        self._check_features()
         # RecBole builds an FM first-order term for every context model; these models have none
         del self.first_order_linear
         self.num_fields = (
@@ -114,7 +114,7 @@ class MultiLabelRecommender(MultiTaskModelMixin, ContextRecommender):
         )
         self.input_dim = self.num_fields * self.embedding_size
 
-    def _check_features(self, config):
+    def _check_features(self):
         features = self.token_field_names + self.float_field_names + self.token_seq_field_names
         leaked = sorted(set(features) & (set(self.task_labels) | set(self.task_masks.values())))
         if leaked:
