@@ -212,10 +212,14 @@ class MultiTaskTrainer(Trainer):
             return
         active = touched.any(dim=0)
         w = weights[:, active].double()
-        sums = self._weight_sums.setdefault(table, [0.0, 0.0, 0])
+        sums = self._weight_sums.setdefault(table, [0.0, 0.0, 0, 0.0, 0])
         sums[0] = sums[0] + w.sum(dim=1)
         sums[1] = sums[1] + (w * w).sum(dim=1)
         sums[2] += int(active.sum())
+        norms = getattr(self.combiner, "last_norms", None)
+        if norms is not None:  # mean norm over the rows each task touched: the scale tau acts on
+            sums[3] = sums[3] + (norms * touched).sum(dim=1).double()
+            sums[4] = sums[4] + touched.sum(dim=1).double()
 
     def _log_epoch(self, epoch_idx, mean_losses):
         parts = [f"{name}={loss:.4f}" for name, loss in zip(self.task_names, mean_losses.tolist())]
@@ -224,7 +228,7 @@ class MultiTaskTrainer(Trainer):
         )
         for name, loss in zip(self.task_names, mean_losses.tolist()):
             self.tensorboard.add_scalar(f"TaskLoss/{name}", loss, epoch_idx)
-        for table, (s, ss, n) in self._weight_sums.items():
+        for table, (s, ss, n, norm_sum, norm_count) in self._weight_sums.items():
             if n == 0:
                 continue
             mean = s / n
@@ -238,6 +242,12 @@ class MultiTaskTrainer(Trainer):
             for t, m, d in zip(self.task_names, mean.tolist(), std.tolist()):
                 self.tensorboard.add_scalar(f"RowWeight/{table}/{t}/mean", m, epoch_idx)
                 self.tensorboard.add_scalar(f"RowWeight/{table}/{t}/std", d, epoch_idx)
+            if isinstance(norm_count, torch.Tensor):
+                mean_norm = (norm_sum / norm_count.clamp_min(1)).tolist()
+                text = " ".join(f"{t}={v:.2e}" for t, v in zip(self.task_names, mean_norm))
+                self.logger.info(
+                    f"epoch {epoch_idx} {table} mean row gradient norm per task (tau acts on these): {text}"
+                )
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):

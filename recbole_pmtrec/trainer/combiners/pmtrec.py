@@ -34,11 +34,26 @@ def row_task_weights(
     read when ``skip_untouched`` is set. The softmax is computed stably (max subtracted) in float64 for the
     logits, so alpha^s / tau up to ~1e300 neither overflows nor loses the ordering.
     """
+    norms = torch.linalg.vector_norm(row_grads, dim=-1)
+    return weights_from_norms(norms, focus_base, temperature, epoch, touched, skip_untouched).to(
+        row_grads.dtype
+    )
+
+
+def weights_from_norms(
+    norms: torch.Tensor,
+    focus_base: float,
+    temperature: float,
+    epoch: int,
+    touched: torch.Tensor | None = None,
+    skip_untouched: bool = False,
+) -> torch.Tensor:
+    """Eqs. 4-5 from the row norms ``[T, R]``: focusing on task 0, then a stable softmax over tasks (float64)."""
     if temperature <= 0:
         raise ValueError(f"PMTRec temperature tau must be > 0, got {temperature}")
     if focus_base <= 0:
         raise ValueError(f"PMTRec focus base alpha must be > 0, got {focus_base}")
-    norms = torch.linalg.vector_norm(row_grads, dim=-1).to(torch.float64)  # [T, R]
+    norms = norms.to(torch.float64)
     focus = torch.ones(norms.shape[0], 1, dtype=norms.dtype, device=norms.device)
     focus[0] = float(focus_base) ** int(epoch)
     logits = norms * focus / float(temperature)
@@ -48,8 +63,7 @@ def row_task_weights(
         logits = logits.masked_fill(~touched, float("-inf"))
         untouched_rows = ~touched.any(dim=0)
         logits[:, untouched_rows] = 0.0  # a row no task touches: weights are irrelevant (all g_t = 0)
-    weights = torch.softmax(logits, dim=0)
-    return weights.to(row_grads.dtype)
+    return torch.softmax(logits, dim=0)
 
 
 def combine_row_gradients(
@@ -85,15 +99,17 @@ class PMTRecCombiner(Combiner):
         self.temperature = float(config["pmtrec_tau"] if config["pmtrec_tau"] is not None else 1.0)
         self.skip_untouched = bool(config["pmtrec_skip_untouched"])
         self.last_weights: torch.Tensor | None = None  # [T, R] of the last combine_rows call (for logging)
+        self.last_norms: torch.Tensor | None = None  # [T, R] row gradient norms of that call (to pick tau)
 
     def combine(self, jacobian: torch.Tensor, losses: torch.Tensor, epoch: int) -> torch.Tensor:
         return jacobian.sum(dim=0)
 
     def combine_rows(self, row_grads: torch.Tensor, touched: torch.Tensor, epoch: int) -> torch.Tensor:
-        weights = row_task_weights(
-            row_grads, self.focus_base, self.temperature, epoch, touched, self.skip_untouched
-        )
-        self.last_weights = weights.detach()
+        norms = torch.linalg.vector_norm(row_grads, dim=-1)
+        weights = weights_from_norms(
+            norms, self.focus_base, self.temperature, epoch, touched, self.skip_untouched
+        ).to(row_grads.dtype)
+        self.last_weights, self.last_norms = weights.detach(), norms.detach()
         return torch.einsum("tr,trd->rd", weights, row_grads)
 
     def extra_repr(self) -> str:
