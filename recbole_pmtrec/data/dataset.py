@@ -1,0 +1,561 @@
+"""A RecBole ``Dataset`` that also holds auxiliary relations: user-user and item-item links read from
+relation atomic files, item categories read from ``.item``, and the structures derived from the
+training split (co-interaction pairs, same-category items).
+
+Relation files are read AFTER RecBole's own loading, filtering and remapping, and their tokens are
+mapped through RecBole's ``field2token_id``: an id that is not in the (filtered) interactions is
+dropped and counted, never given a new id, so ``user_num``, ``item_num`` and ``inter_feat`` are exactly
+those of RecBole's own ``Dataset`` and a built-in model gives the same results on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from recbole.data.dataset import Dataset
+from recbole.utils import FeatureType, set_color
+
+#: auxiliary tasks that train on the interaction batch itself: no relation, no sampler
+BATCH_TASKS = ("directau", "rating")
+#: the same-category task, built from ``category_field`` of ``.item``
+CATEGORY_TASK = "category"
+#: the item-item relation AuxDataset derives from the training split
+COINTERACTION = "cointeraction"
+#: fallbacks for configs that lack the plugin's overall.yaml (e.g. a plain RecBole ``Config``)
+AUX_DEFAULTS = {
+    "aux_batch_size": None,
+    "aux_neg_num": 1,
+    "aux_neg_reject": True,
+    "aux_cointeraction_max_pairs": 100,
+}
+
+SOURCE_FIELD, TARGET_FIELD, WEIGHT_FIELD = "source_id", "target_id", "weight"
+_ATOMIC_TYPES = tuple(t.value for t in FeatureType)
+_SPACES = ("user", "item")
+
+
+def aux_config(config, key: str):
+    """``config[key]``, or the documented fallback when the config does not define it."""
+    value = config[key]
+    return AUX_DEFAULTS[key] if value is None else value
+
+
+@dataclass(frozen=True)
+class Relation:
+    """Edges of one auxiliary relation in RecBole's internal ids (never the padding id 0).
+
+    ``src`` / ``dst`` are sorted by (src, dst) and free of duplicates and self loops; an undirected
+    relation holds every pair in both directions. ``num_nodes`` is the size of the id space
+    (``user_num`` or ``item_num``, padding included).
+    """
+
+    name: str
+    space: str
+    src: torch.Tensor
+    dst: torch.Tensor
+    weight: torch.Tensor | None
+    directed: bool
+    num_nodes: int
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def to_scipy(self, form: str = "csr") -> sp.spmatrix:
+        """The ``num_nodes x num_nodes`` adjacency (edge weights, else ones) as a scipy matrix."""
+        values = np.ones(len(self), dtype=np.float32) if self.weight is None else self.weight.numpy()
+        coo = sp.coo_matrix(
+            (values, (self.src.numpy(), self.dst.numpy())), shape=(self.num_nodes, self.num_nodes)
+        )
+        return coo.asformat(form)
+
+    def to_torch(self) -> torch.Tensor:
+        """The adjacency as a coalesced ``torch.sparse_coo_tensor`` (edge weights, else ones)."""
+        values = torch.ones(len(self)) if self.weight is None else self.weight
+        return torch.sparse_coo_tensor(
+            torch.stack([self.src, self.dst]),
+            values,
+            (self.num_nodes, self.num_nodes),
+            is_coalesced=True,  # src/dst are sorted and unique
+            check_invariants=True,
+        )
+
+
+@dataclass
+class RelationStats:
+    """What happened to the rows of one relation on the way in (for the log and ``str(dataset)``)."""
+
+    source: str
+    raw_rows: int
+    unknown_rows: int = 0
+    unknown_ids: int = 0
+    self_loops: int = 0
+    duplicates: int = 0
+    edges: int = 0
+    notes: dict = field(default_factory=dict)
+    from_file: bool = True
+
+    def summary(self) -> str:
+        parts = [f"{self.raw_rows} rows from {self.source}"]
+        if self.from_file:
+            parts += [
+                f"dropped {self.unknown_rows} rows with ids not in the interactions ({self.unknown_ids} distinct ids)",
+                f"{self.self_loops} self loops",
+            ]
+        parts += [f"{self.duplicates} duplicates"] + [f"{key} {value}" for key, value in self.notes.items()]
+        return ", ".join(parts) + f"; {self.edges} edges"
+
+    def why_empty(self) -> str:
+        return (
+            f"0 of {self.raw_rows} rows kept: {self.unknown_rows} have ids not in the interactions "
+            f"({self.unknown_ids} distinct ids), {self.self_loops} are self loops, "
+            f"{self.duplicates} are duplicates"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# reading relation atomic files
+
+
+def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end byte offsets of every line of ``data`` (end excludes ``\\n`` and a ``\\r`` before it)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == ord("\n"))
+    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    starts = np.concatenate(([0], newlines + 1))[: len(ends)]
+    if len(arr) == 0:
+        return starts, ends
+    carriage = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == ord("\r"))
+    return starts, ends - carriage
+
+
+def read_relation_file(path, sep: str = "\t", encoding: str = "utf-8") -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a relation atomic file: header ``source_id:token<sep>target_id:token[<sep>weight:float]``.
+
+    Returns a frame with columns ``source_id``, ``target_id`` (str) and ``weight`` (float, if present),
+    and the 1-based file line of every row. A bad header, a row with the wrong number of fields, an
+    empty id or an unparsable weight raises a ``ValueError`` naming the file, the line and the field.
+    """
+    if len(sep.encode(encoding)) != 1:
+        raise ValueError(f"{path}: relation files need a one-character field_separator, not {sep!r}")
+    data = Path(path).read_bytes()
+    starts, ends = _line_spans(data)
+    if len(starts) == 0 or ends[0] == starts[0]:
+        raise ValueError(
+            f"{path}: line 1: missing header (expected '{SOURCE_FIELD}:token{sep}{TARGET_FIELD}:token')"
+        )
+    header = data[starts[0] : ends[0]].decode(encoding).lstrip("\ufeff").split(sep)
+    names = []
+    for cell in header:
+        name, colon, ftype = cell.partition(":")
+        if not colon:
+            raise ValueError(f"{path}: line 1: header cell {cell!r} is not 'name:type'")
+        if ftype not in _ATOMIC_TYPES:
+            raise ValueError(
+                f"{path}: line 1: field '{name}' has unknown type '{ftype}' (one of {', '.join(_ATOMIC_TYPES)})"
+            )
+        names.append(name)
+    expected = {SOURCE_FIELD: "token", TARGET_FIELD: "token", WEIGHT_FIELD: "float"}
+    for name, ftype in expected.items():
+        cell = f"{name}:{ftype}"
+        if name in names and header[names.index(name)] != cell:
+            raise ValueError(
+                f"{path}: line 1: field '{name}' must be '{cell}', not '{header[names.index(name)]}'"
+            )
+        if name != WEIGHT_FIELD and name not in names:
+            raise ValueError(f"{path}: line 1: no '{cell}' field in header {sep.join(header)!r}")
+
+    arr = np.frombuffer(data, dtype=np.uint8)
+    separators = np.flatnonzero(arr == ord(sep))
+    fields_per_line = np.searchsorted(separators, ends) - np.searchsorted(separators, starts) + 1
+    is_row = ends > starts
+    is_row[0] = False
+    bad = is_row & (fields_per_line != len(header))
+    if bad.any():
+        line = int(np.argmax(bad))
+        text = data[starts[line] : ends[line]].decode(encoding, errors="replace")
+        raise ValueError(
+            f"{path}: line {line + 1}: {fields_per_line[line]} fields where the header has {len(header)} "
+            f"({', '.join(names)}): {text[:80]!r}"
+        )
+    line_numbers = np.flatnonzero(is_row) + 1
+
+    # the same quoting as RecBole's own reader, so a token means the same string in every file
+    frame = pd.read_csv(
+        io.BytesIO(data),
+        sep=sep,
+        header=0,
+        names=names,
+        usecols=[n for n in names if n in expected],
+        dtype=str,
+        keep_default_na=False,
+        encoding=encoding,
+        quoting=csv.QUOTE_MINIMAL,
+        engine="c",
+    )
+    if len(frame) != len(line_numbers):
+        raise ValueError(
+            f'{path}: {len(frame)} rows parsed from {len(line_numbers)} lines: a quote (") in a field joins lines; '
+            "relation files must not quote their fields"
+        )
+    for name in (SOURCE_FIELD, TARGET_FIELD):
+        empty = (frame[name] == "").to_numpy()
+        if empty.any():
+            raise ValueError(f"{path}: line {line_numbers[np.argmax(empty)]}: field '{name}' is empty")
+    if WEIGHT_FIELD in frame:
+        weight = pd.to_numeric(frame[WEIGHT_FIELD], errors="coerce").to_numpy(dtype=np.float64)
+        unparsable = ~np.isfinite(weight)
+        if unparsable.any():
+            row = int(np.argmax(unparsable))
+            raise ValueError(
+                f"{path}: line {line_numbers[row]}: field '{WEIGHT_FIELD}' = {frame[WEIGHT_FIELD].iloc[row]!r} "
+                "is not a finite number"
+            )
+        frame[WEIGHT_FIELD] = weight
+    return frame, line_numbers
+
+
+# --------------------------------------------------------------------------------------------------
+# edge-list helpers (numpy, vectorised)
+
+
+def _dedupe_edges(src, dst, weight, num_nodes: int, directed: bool):
+    """Unique edges sorted by (src, dst), keeping the first row's weight; an undirected pair (a, b) and
+    (b, a) count as one edge and are returned in both directions. Returns (src, dst, weight, duplicates)."""
+    if not directed:
+        src, dst = np.minimum(src, dst), np.maximum(src, dst)
+    _, first = np.unique(src * num_nodes + dst, return_index=True)
+    duplicates = len(src) - len(first)
+    src, dst = src[first], dst[first]
+    weight = None if weight is None else weight[first]
+    if not directed:
+        src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
+        weight = None if weight is None else np.concatenate([weight, weight])
+        order = np.argsort(src * num_nodes + dst, kind="stable")
+        src, dst = src[order], dst[order]
+        weight = None if weight is None else weight[order]
+    return src, dst, weight, duplicates
+
+
+def _pairs_within_groups(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i < j) inside each group ``[start, start + size)``, vectorised."""
+    row = np.repeat(starts, sizes) + (np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    position = row - np.repeat(starts, sizes)
+    later = np.repeat(sizes, sizes) - position - 1
+    first = np.repeat(row, later)
+    second = first + 1 + (np.arange(later.sum()) - np.repeat(np.cumsum(later) - later, later))
+    return first, second
+
+
+def cointeraction_pairs(users, items, num_items: int, max_pairs: int, seed: int):
+    """Unordered item pairs consumed by the same user, at most ``max_pairs`` per user.
+
+    A user with ``n`` distinct items has ``n(n-1)/2`` pairs; when that exceeds ``max_pairs``, ``max_pairs``
+    pairs are drawn uniformly with replacement (then de-duplicated) with a generator seeded by ``seed``,
+    so memory stays ``O(max_pairs * users)`` (Epinions' heaviest user alone has ~10^6 pairs).
+    Returns (first, second, stats) with first < second.
+    """
+    keys = np.unique(np.asarray(users, dtype=np.int64) * num_items + np.asarray(items, dtype=np.int64))
+    users, items = keys // num_items, keys % num_items
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(users)])
+    all_pairs = sizes * (sizes - 1) // 2
+    capped = all_pairs > max_pairs
+    first, second = _pairs_within_groups(starts[~capped], sizes[~capped])
+    rng = np.random.default_rng(seed)
+    cap_starts = np.repeat(starts[capped], max_pairs)
+    cap_sizes = np.repeat(sizes[capped], max_pairs)
+    a = rng.integers(0, cap_sizes) if len(cap_sizes) else cap_sizes
+    b = rng.integers(0, cap_sizes - 1) if len(cap_sizes) else cap_sizes
+    b = b + (b >= a)
+    first = items[np.concatenate([first, cap_starts + a])]
+    second = items[np.concatenate([second, cap_starts + b])]
+    stats = {
+        "users capped": int(capped.sum()),
+        f"pairs over the cap of {max_pairs}/user": int(all_pairs[capped].sum() - max_pairs * capped.sum()),
+    }
+    return np.minimum(first, second), np.maximum(first, second), stats
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class AuxDataset(Dataset):
+    """RecBole's ``Dataset`` plus auxiliary relations, item categories and training-split structures.
+
+    Config (dataset yaml): ``aux_relations`` (name -> ``{suffix, space: user|item, directed}``; the file is
+    ``<data_path>/<dataset>.<suffix>``), ``category_field`` (a token_seq field of ``.item``), ``aux_tasks``
+    (a relation name, ``category``, ``cointeraction`` or one of ``BATCH_TASKS``),
+    ``aux_cointeraction_max_pairs``.
+
+    Attributes: ``relations`` (name -> :class:`Relation`; ``cointeraction`` is added on the splits),
+    ``relation_stats``, ``item_categories`` (item -> category CSR, internal ids, all items),
+    and on the splits returned by :meth:`build`: ``train_item_mask`` and ``train_item_categories``
+    (the same CSR restricted to items with a training interaction).
+    """
+
+    def _from_scratch(self):
+        self._relation_specs = self._parse_relation_specs()
+        self._check_aux_tasks()
+        super()._from_scratch()
+        self.relations: dict[str, Relation] = {}
+        self.relation_stats: dict[str, RelationStats] = {}
+        self.item_categories = self._load_item_categories()
+        self.train_item_mask = None
+        self.train_item_categories = None
+        for name, spec in self._relation_specs.items():
+            self._load_relation(name, **spec)
+        for line in self._aux_lines():
+            self.logger.info(line)
+
+    def _load_feat(self, filepath, source):
+        """RecBole's reader, with the file named in its errors (its header error names only the field)."""
+        try:
+            return super()._load_feat(filepath, source)
+        except ValueError as err:
+            where = "line 1 (header)" if str(err).startswith("Type ") else "while reading"
+            raise ValueError(f"{filepath}: {where}: {err}") from err
+
+    # ---------------------------------------------------------------- config
+
+    @property
+    def _aux_tasks(self) -> list[str]:
+        return list(self.config["aux_tasks"] or [])
+
+    def _parse_relation_specs(self) -> dict[str, dict]:
+        relations = self.config["aux_relations"] or {}
+        if not isinstance(relations, dict):
+            raise ValueError(
+                f"aux_relations must map a relation name to {{suffix, space, directed}}, not {relations!r}"
+            )
+        specs = {}
+        for name, spec in relations.items():
+            reserved = (CATEGORY_TASK, COINTERACTION, *BATCH_TASKS)
+            if name in reserved:
+                raise ValueError(f"aux_relations: '{name}' is a reserved task name ({', '.join(reserved)})")
+            if not isinstance(spec, dict) or not isinstance(spec.get("suffix"), str):
+                raise ValueError(
+                    f"aux_relations: '{name}' needs a file suffix: {{suffix: net, space: user}}, got {spec!r}"
+                )
+            unknown = set(spec) - {"suffix", "space", "directed"}
+            if unknown:
+                raise ValueError(
+                    f"aux_relations: '{name}' has unknown keys {sorted(unknown)} (suffix, space, directed)"
+                )
+            if spec.get("space") not in _SPACES:
+                raise ValueError(
+                    f"aux_relations: '{name}' space must be one of {_SPACES}, got {spec.get('space')!r}"
+                )
+            directed = spec.get("directed", False)
+            if not isinstance(directed, bool):
+                raise ValueError(f"aux_relations: '{name}' directed must be true or false, got {directed!r}")
+            specs[name] = {"suffix": spec["suffix"], "space": spec["space"], "directed": directed}
+        return specs
+
+    def _check_aux_tasks(self):
+        known = [*self._relation_specs, CATEGORY_TASK, COINTERACTION, *BATCH_TASKS]
+        for task in self._aux_tasks:
+            if task not in known:
+                raise ValueError(
+                    f"aux_tasks: unknown task '{task}'. Tasks: a relation of aux_relations "
+                    f"({', '.join(self._relation_specs) or 'none configured'}), {CATEGORY_TASK} "
+                    f"(needs category_field), {COINTERACTION}, {', '.join(BATCH_TASKS)}"
+                )
+        if CATEGORY_TASK in self._aux_tasks and not self.config["category_field"]:
+            raise ValueError("aux_tasks: task 'category' needs category_field (a token_seq field of .item)")
+
+    # ---------------------------------------------------------------- loading
+
+    def _space_field(self, space: str) -> str:
+        return self.uid_field if space == "user" else self.iid_field
+
+    def _load_relation(self, name: str, suffix: str, space: str, directed: bool):
+        path = os.path.join(self.dataset_path, f"{self.dataset_name}.{suffix}")
+        needed = name in self._aux_tasks
+        if not os.path.isfile(path):
+            if needed:
+                raise ValueError(
+                    f"relation '{name}': file {path} not found, and aux task '{name}' needs it. Run the "
+                    f"dataset's converter (python -m recbole_pmtrec.data.convert) or drop '{name}' from aux_tasks"
+                )
+            self.logger.warning(f"relation '{name}': file {path} not found; the relation is not loaded")
+            return
+        frame, _ = read_relation_file(
+            path, self.config["field_separator"], self.config["encoding"] or "utf-8"
+        )
+        id_field = self._space_field(space)
+        num_nodes = self.num(id_field)
+        in_interactions = np.zeros(num_nodes, dtype=bool)
+        in_interactions[self.inter_feat[id_field].to_numpy()] = True
+        in_interactions[0] = False
+
+        token_id = self.field2token_id[id_field]
+        ends, known = [], np.ones(len(frame), dtype=bool)
+        unknown_tokens = []
+        for column in (SOURCE_FIELD, TARGET_FIELD):
+            ids = frame[column].map(token_id).fillna(0).to_numpy(dtype=np.int64)
+            column_known = in_interactions[ids]
+            unknown_tokens.append(frame[column].to_numpy()[~column_known])
+            known &= column_known
+            ends.append(ids)
+        src, dst = ends[0][known], ends[1][known]
+        weight = frame[WEIGHT_FIELD].to_numpy()[known] if WEIGHT_FIELD in frame else None
+        stats = RelationStats(
+            source=os.path.basename(path),
+            raw_rows=len(frame),
+            unknown_rows=int((~known).sum()),
+            unknown_ids=len(np.unique(np.concatenate(unknown_tokens))),
+        )
+        loop = src == dst
+        stats.self_loops = int(loop.sum())
+        src, dst = src[~loop], dst[~loop]
+        weight = None if weight is None else weight[~loop]
+        src, dst, weight, stats.duplicates = _dedupe_edges(src, dst, weight, num_nodes, directed)
+        stats.edges = len(src)
+        if stats.edges == 0:
+            message = f"relation '{name}' ({path}): {stats.why_empty()}"
+            if needed:
+                raise ValueError(message + f"; aux task '{name}' needs it")
+            self.logger.warning(message)
+        self.relation_stats[name] = stats
+        self.relations[name] = Relation(
+            name=name,
+            space=space,
+            src=torch.from_numpy(src),
+            dst=torch.from_numpy(dst),
+            weight=None if weight is None else torch.from_numpy(weight.astype(np.float32)),
+            directed=directed,
+            num_nodes=num_nodes,
+        )
+
+    def _load_item_categories(self) -> sp.csr_matrix | None:
+        """Item -> category CSR (``item_num x num(category_field)``, ones; padding 0 excluded)."""
+        category_field = self.config["category_field"]
+        if not category_field:
+            return None
+        item_file = os.path.join(self.dataset_path, f"{self.dataset_name}.item")
+        if self.item_feat is None or category_field not in self.item_feat:
+            raise ValueError(
+                f"category_field '{category_field}' is not loaded from {item_file}: the file must have it "
+                f"and load_col must list it (load_col: {{item: [{self.iid_field}, {category_field}]}})"
+            )
+        ftype = self.field2type[category_field]
+        values = self.item_feat[category_field].to_numpy()
+        if ftype == FeatureType.TOKEN_SEQ:
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+            categories = np.concatenate(
+                [np.asarray(v, dtype=np.int64) for v in values] + [np.zeros(0, np.int64)]
+            )
+        elif ftype == FeatureType.TOKEN:
+            lengths = np.ones(len(values), dtype=np.int64)
+            categories = values.astype(np.int64)
+        else:
+            raise ValueError(
+                f"category_field '{category_field}' of {item_file} is {ftype.value}; it must be token_seq"
+            )
+        items = np.repeat(self.item_feat[self.iid_field].to_numpy(dtype=np.int64), lengths)
+        real = categories > 0
+        matrix = sp.csr_matrix(
+            (np.ones(int(real.sum()), dtype=np.float32), (items[real], categories[real])),
+            shape=(self.item_num, self.num(category_field)),
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    # ---------------------------------------------------------------- splits
+
+    def build(self):
+        """RecBole's split, then the structures derived from the TRAINING split only (co-interaction
+        pairs, same-category items), shared by all splits."""
+        datasets = super().build()
+        train_inter = datasets[0].inter_feat
+        users = train_inter[self.uid_field].numpy()
+        items = train_inter[self.iid_field].numpy()
+        train_item_mask = np.zeros(self.item_num, dtype=bool)
+        train_item_mask[items] = True
+
+        max_pairs = int(aux_config(self.config, "aux_cointeraction_max_pairs"))
+        if max_pairs < 1:
+            raise ValueError(f"aux_cointeraction_max_pairs must be >= 1, got {max_pairs}")
+        first, second, notes = cointeraction_pairs(
+            users, items, self.item_num, max_pairs, self.config["seed"]
+        )
+        src, dst, _, duplicates = _dedupe_edges(first, second, None, self.item_num, directed=False)
+        relations = dict(self.relations)
+        relations[COINTERACTION] = Relation(
+            COINTERACTION, "item", torch.from_numpy(src), torch.from_numpy(dst), None, False, self.item_num
+        )
+        stats = dict(self.relation_stats)
+        stats[COINTERACTION] = RelationStats(
+            source="the training split",
+            raw_rows=len(first),
+            duplicates=duplicates,
+            edges=len(src),
+            notes=notes,
+            from_file=False,
+        )
+        train_item_categories = None
+        if self.item_categories is not None:
+            train_item_categories = (
+                sp.diags(train_item_mask.astype(np.float32)) @ self.item_categories
+            ).tocsr()
+            train_item_categories.eliminate_zeros()
+            if CATEGORY_TASK in self._aux_tasks and train_item_categories.nnz == 0:
+                raise ValueError(
+                    f"aux task 'category': no training item has a '{self.config['category_field']}' "
+                    f"(field of {self.dataset_name}.item)"
+                )
+        if COINTERACTION in self._aux_tasks and len(src) == 0:
+            raise ValueError("aux task 'cointeraction': no training user has two items")
+        for dataset in datasets:
+            dataset.relations = relations
+            dataset.relation_stats = stats
+            dataset.train_item_mask = train_item_mask
+            dataset.train_item_categories = train_item_categories
+        for line in datasets[0]._aux_lines(derived_only=True):
+            self.logger.info(line)
+        return datasets
+
+    # ---------------------------------------------------------------- access and reporting
+
+    def relation_matrix(self, name: str, form: str = "csr") -> sp.spmatrix:
+        """The adjacency of relation ``name`` as a scipy matrix (``form``: csr, coo, ...)."""
+        if name not in self.relations:
+            raise KeyError(
+                f"no relation '{name}' in {self.dataset_name}; loaded: {', '.join(self.relations) or 'none'}"
+            )
+        return self.relations[name].to_scipy(form)
+
+    def _aux_lines(self, derived_only: bool = False) -> list[str]:
+        """One line per relation and per category structure; ``derived_only``: those built by ``build``."""
+        lines = []
+        for name, stats in self.relation_stats.items():
+            if derived_only and name != COINTERACTION:
+                continue
+            relation = self.relations[name]
+            kind = f"{relation.space}-{relation.space}, {'directed' if relation.directed else 'undirected'}"
+            lines.append(set_color(f"Relation {name}", "blue") + f" ({kind}): {stats.summary()}")
+        structures = [("training items", self.train_item_categories)]
+        if not derived_only:
+            structures.insert(0, ("items", self.item_categories))
+        for which, categories in structures:
+            if categories is None:
+                continue
+            lines.append(
+                set_color(f"Categories ({self.config['category_field']}) of {which}", "blue")
+                + f": {int((np.diff(categories.indptr) > 0).sum())} items with a category, "
+                f"{int((np.diff(categories.tocsc().indptr) > 0).sum())} categories used, "
+                f"{categories.nnz} item-category pairs"
+            )
+        return lines
+
+    def __str__(self):
+        return "\n".join([super().__str__(), *self._aux_lines()])
