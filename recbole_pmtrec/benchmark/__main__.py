@@ -1,0 +1,73 @@
+"""python -m recbole_pmtrec.benchmark --suite smoke|paper|extra [--datasets ...] [--methods ...]
+[--out results/<suite>] [--resume] [--report-only]
+
+Trains every cell of a suite (one process, one thread by default), writing each finished cell to
+``<out>/cells/<id>.json`` at once, then ``<out>/table.md``, ``<out>/commands.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from recbole_pmtrec.benchmark.driver import Benchmark, summary_line
+from recbole_pmtrec.benchmark.report import write_report
+from recbole_pmtrec.benchmark.suite import load_suite, suites
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_pmtrec.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--suite", required=True, help=f"a suite name ({', '.join(suites())}) or a yaml path")
+    parser.add_argument("--datasets", nargs="+", help="only these datasets of the suite")
+    parser.add_argument(
+        "--methods", nargs="+", help="only these methods (the tuning base method always runs)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default results/<suite>)")
+    parser.add_argument("--resume", action="store_true", help="keep finished cells of --out, run the rest")
+    parser.add_argument("--overwrite", action="store_true", help="run every cell again, replacing --out's")
+    parser.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cells again")
+    parser.add_argument("--report-only", action="store_true", help="write the report from --out's cells only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Benchmark:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):  # RecBole 1.2.1 on pandas 2 / torch 2
+        warnings.filterwarnings("ignore", category=category)
+    suite = load_suite(args.suite).select(args.datasets, args.methods)
+    out = args.out or Path("results") / suite.name
+    start = time.perf_counter()
+    bench = Benchmark(
+        suite,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+        run_cells=not args.report_only,
+    )
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: keep ours away from it
+    bench.run()
+    command = " ".join(["python -m recbole_pmtrec.benchmark", *(shlex.quote(a) for a in argv)])
+    written = write_report(suite, bench.results, bench.picks, out, command)
+    print(summary_line(bench, time.perf_counter() - start))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return bench
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""What a suite run writes besides its cells: ``table.md`` (the paper's Table 2 layout and every cell),
+``commands.md`` (the command of every cell) and PNG plots (Fig. 4 ablation bars, Fig. 5 sensitivity,
+Fig. 6 Recall@20 per epoch)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from recbole_pmtrec.benchmark.suite import SHORT_NAMES, Suite, display_name, format_value  # noqa: E402
+
+VARIANT_NAMES = {
+    "no_focusing": "w/o focusing (alpha=1)",
+    "no_balancing": "w/o balancing (tau=1)",
+    "full": "full",
+}
+CURVE_METRIC = "recall@20"
+
+
+def metric_label(metric: str) -> str:
+    name, k = metric.split("@")
+    return {"recall": "Recall", "ndcg": "NDCG"}.get(name, name) + "@" + k
+
+
+def fmt(value) -> str:
+    """The paper's style: .0905 (no leading zero), four decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.4f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def knobs_text(params: dict) -> str:
+    return ", ".join(f"{SHORT_NAMES.get(k, k)}={format_value(v)}" for k, v in sorted(params.items())) or "-"
+
+
+def metrics_of(results: dict, picks: dict) -> list[str]:
+    """The test metrics the chosen cells report, recall before ndcg, by K (the paper's row order)."""
+    keys = set()
+    for ids in picks.values():
+        for cell_id in ids.get("methods", {}).values():
+            keys |= set(results[cell_id]["test_result"])
+    by_name = {}
+    for key in keys:
+        name, k = key.split("@")
+        by_name.setdefault(name, []).append(int(k))
+    order = sorted(by_name, key=lambda n: ({"recall": 0, "ndcg": 1}.get(n, 2), n))
+    return [f"{n}@{k}" for n in order for k in sorted(by_name[n])]
+
+
+def table2(suite: Suite, results: dict, picks: dict) -> str:
+    """Methods as columns, rows = dataset x metric@K: ours (the paper's Table 2 value in parentheses)."""
+    methods = []
+    for plan in suite.datasets.values():
+        for m in [suite.base_method, *plan.methods]:
+            if m not in methods:
+                methods.append(m)
+    ordered = [m for m in methods if m != "pmtrec"] + (["pmtrec"] if "pmtrec" in methods else [])
+    metrics = metrics_of(results, picks)
+    header = ["dataset", "metric", *[display_name(m) for m in ordered]]
+    if "pmtrec" in ordered and len(ordered) > 1:
+        header.append("PMTRec vs best other")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    notes = []
+    for plan in suite.datasets.values():
+        chosen = picks.get(plan.name, {}).get("methods", {})
+        if not chosen:
+            continue
+        label = plan.name
+        if plan.paper and plan.paper_label:
+            label += " †"
+            notes.append(f"† {plan.name}: the numbers in parentheses are the paper's for {plan.paper_label}.")
+        for metric in metrics:
+            ours = {m: results[chosen[m]]["test_result"].get(metric) for m in ordered if m in chosen}
+            best = max((v for v in ours.values() if v is not None), default=None)
+            row = [label, metric_label(metric)]
+            for m in ordered:
+                value = ours.get(m)
+                text = fmt(value)
+                if value is not None and value == best:
+                    text = f"**{text}**"
+                paper = (plan.paper.get(metric) or {}).get(m)
+                if paper is not None:
+                    text += f" ({fmt(paper)})"
+                row.append(text)
+            if len(header) > len(row):
+                others = [v for m, v in ours.items() if m != "pmtrec" and v]
+                mine = ours.get("pmtrec")
+                row.append(f"{100 * (mine / max(others) - 1):+.1f}%" if mine is not None and others else "-")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def selected_table(suite: Suite, results: dict, picks: dict) -> str:
+    lines = [
+        "| dataset | method | knobs | best epoch / epochs run | valid R@20 | test R@20 | test N@20 | wall s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for dataset, chosen in picks.items():
+        for method, cell_id in chosen.get("methods", {}).items():
+            r = results[cell_id]
+            lines.append(
+                f"| {dataset} | {display_name(method)} | {knobs_text(r['params'])} | {r['best_epoch']} / "
+                f"{r['epochs_run']} | {fmt(r['best_valid_score'])} | {fmt(r['test_result'].get('recall@20'))} | "
+                f"{fmt(r['test_result'].get('ndcg@20'))} | {r['wall_s']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def cells_table(results: dict) -> str:
+    lines = [
+        "| dataset | stage | method | knobs | valid R@20 | test R@20 | test N@20 | best epoch / run | wall s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["started"])):
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['dataset']} | {r['stage']} | {display_name(r['method'])} | {knobs_text(r['params'])} | "
+                f"failed: {r.get('error', '?')} | | | | {r.get('wall_s', 0):.0f} |"
+            )
+            continue
+        lines.append(
+            f"| {r['dataset']} | {r['stage']} | {display_name(r['method'])} | {knobs_text(r['params'])} | "
+            f"{fmt(r['best_valid_score'])} | {fmt(r['test_result'].get('recall@20'))} | "
+            f"{fmt(r['test_result'].get('ndcg@20'))} | {r['best_epoch']} / {r['epochs_run']} | {r['wall_s']:.0f} |"
+        )
+    total = sum(r.get("wall_s", 0.0) for r in results.values())
+    return (
+        "\n".join(lines) + f"\n\n{len(results)} cells, {total / 3600:.2f} h of training wall time in all.\n"
+    )
+
+
+def ablation_table(suite: Suite, results: dict, picks: dict) -> str:
+    lines = [
+        "| dataset | variant | knobs | test R@20 | test N@20 | test R@40 | paper R@40 |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for dataset, chosen in picks.items():
+        paper = suite.datasets[dataset].paper_ablation.get("recall@40", {})
+        for variant, cell_id in chosen.get("ablation", {}).items():
+            r = results[cell_id]
+            t = r["test_result"]
+            lines.append(
+                f"| {dataset} | {VARIANT_NAMES[variant]} | {knobs_text(r['params'])} | {fmt(t.get('recall@20'))} | "
+                f"{fmt(t.get('ndcg@20'))} | {fmt(t.get('recall@40'))} | {fmt(paper.get(variant))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_table(results: dict, picks: dict) -> str:
+    lines = [
+        "| dataset | knob | value | valid R@20 | test R@20 | test N@20 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for dataset, chosen in picks.items():
+        for knob, ids in chosen.get("sensitivity", {}).items():
+            for cell_id in ids:
+                r = results[cell_id]
+                lines.append(
+                    f"| {dataset} | {SHORT_NAMES[knob]} | {format_value(r['params'][knob])} | "
+                    f"{fmt(r['best_valid_score'])} | {fmt(r['test_result'].get('recall@20'))} | "
+                    f"{fmt(r['test_result'].get('ndcg@20'))} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(dataset: str, results: dict, chosen: dict, path: Path) -> Path:
+    """Fig. 6: valid Recall@20 per epoch of each method's chosen cell."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for method, cell_id in chosen.items():
+        history = [h for h in results[cell_id]["history"] if "valid" in h]
+        epochs = [h["epoch"] + 1 for h in history]
+        values = [h["valid"].get(CURVE_METRIC) for h in history]
+        style = {"linewidth": 2.2, "color": "black"} if method == "pmtrec" else {"linewidth": 1.2}
+        ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=display_name(method), **style)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric_label(CURVE_METRIC)}")
+    ax.set_title(f"{dataset}: valid {metric_label(CURVE_METRIC)} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_sensitivity(dataset: str, results: dict, sweeps: dict, path: Path) -> Path:
+    """Fig. 5: test Recall@20 and NDCG@20 against alpha (at the best tau) and tau (at the best alpha)."""
+    knobs = [k for k in ("pmtrec_alpha", "pmtrec_tau") if sweeps.get(k)]
+    fig, axes = plt.subplots(1, len(knobs), figsize=(4.2 * len(knobs), 3.4), squeeze=False)
+    for ax, knob in zip(axes[0], knobs):
+        rows = sorted((results[i]["params"][knob], results[i]) for i in sweeps[knob])
+        xs = [x for x, _ in rows]
+        for metric in ("recall@20", "ndcg@20"):
+            ax.plot(
+                xs, [r["test_result"].get(metric) for _, r in rows], marker="o", label=metric_label(metric)
+            )
+        if knob == "pmtrec_tau":
+            ax.set_xscale("log")
+        ax.set_xlabel(SHORT_NAMES[knob])
+        ax.set_ylabel("test")
+        other = "pmtrec_tau" if knob == "pmtrec_alpha" else "pmtrec_alpha"
+        fixed = rows[0][1]["params"].get(other) if rows else None
+        ax.set_title(
+            f"{dataset}: {SHORT_NAMES[knob]} sweep ({SHORT_NAMES[other]}={format_value(fixed)})", fontsize=9
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_ablation(dataset: str, results: dict, variants: dict, reference: dict, path: Path) -> Path:
+    """Fig. 4: test metrics of PMTRec without focusing, without balancing, full (and EW for reference)."""
+    bars = {VARIANT_NAMES[v]: results[i]["test_result"] for v, i in variants.items()}
+    if reference:
+        bars = {"EW": reference, **bars}
+    metrics = ["recall@20", "ndcg@20", "recall@40"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.8 / max(len(bars), 1)
+    for j, (name, result) in enumerate(bars.items()):
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(metrics))]
+        ax.bar(xs, [result.get(m, 0.0) for m in metrics], width, label=name)
+    ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
+    ax.set_ylabel("test")
+    ax.set_title(f"{dataset}: ablation of PMTRec")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: str) -> list[Path]:
+    """``table.md``, ``commands.md`` and the plots; returns the paths written."""
+    out = Path(out)
+    written = []
+    plot_names = []
+    for dataset, chosen in picks.items():
+        methods = chosen.get("methods", {})
+        if methods:
+            plot_names.append(plot_curves(dataset, results, methods, out / f"curve_{dataset}.png"))
+        if chosen.get("ablation"):
+            reference = (
+                results[methods[suite.base_method]]["test_result"] if suite.base_method in methods else {}
+            )
+            plot_names.append(
+                plot_ablation(
+                    dataset, results, chosen["ablation"], reference, out / f"ablation_{dataset}.png"
+                )
+            )
+        if any(chosen.get("sensitivity", {}).values()):
+            plot_names.append(
+                plot_sensitivity(dataset, results, chosen["sensitivity"], out / f"sensitivity_{dataset}.png")
+            )
+    ok = {i: r for i, r in results.items() if r.get("status") == "ok"}
+    parts = [
+        f"# Benchmark suite `{suite.name}`\n",
+        f"{suite.description}\n" if suite.description else "",
+        f"Command: `{command}`. Suite definition: `{suite.path.name}`. Every cell: `commands.md`, `cells/`.\n",
+        "## Test metrics (the paper's Table 2 layout)\n",
+        "Each method's cell is the one with the best valid Recall@20 among its grid; bold = best of ours in the "
+        "row; in parentheses the paper's Table 2 value where it reports one.\n",
+        table2(suite, ok, picks),
+        "## Chosen settings\n",
+        selected_table(suite, ok, picks),
+    ]
+    if any(c.get("ablation") for c in picks.values()):
+        parts += ["## Ablation (Fig. 4)\n", ablation_table(suite, ok, picks)]
+    if any(c.get("sensitivity") for c in picks.values()):
+        parts += ["## Sensitivity (Fig. 5)\n", sensitivity_table(ok, picks)]
+    parts += ["## Every cell\n", cells_table(results)]
+    if plot_names:
+        parts += ["## Plots\n", "\n".join(f"![{p.stem}]({p.name})" for p in plot_names) + "\n"]
+    table = out / "table.md"
+    table.write_text("\n".join(p for p in parts if p), encoding="utf-8")
+    written += [table, *plot_names]
+
+    lines = [
+        f"# Commands of suite `{suite.name}`\n",
+        f"The whole suite: `{command}`. Each cell below runs alone from the project root (RecBole's command "
+        "line; every config entry of the cell is on it) and gives the cell's numbers.\n",
+    ]
+    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["started"])):
+        status = f"{r['wall_s']:.0f} s" if r.get("status") == "ok" else f"failed: {r.get('error')}"
+        lines += [f"## {r['id']}\n", f"stage {r['stage']}, {status}\n", f"```bash\n{r['command']}\n```\n"]
+    commands = out / "commands.md"
+    commands.write_text("\n".join(lines), encoding="utf-8")
+    written.append(commands)
+    return written

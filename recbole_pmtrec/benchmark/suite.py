@@ -1,0 +1,286 @@
+"""Benchmark suites (``properties/benchmark/<suite>.yaml``) and the cells they expand into.
+
+A suite names datasets, methods and a tuning budget. It expands, per dataset, into stages whose later
+cells depend on the results of earlier ones:
+
+1. ``base``: the base method (EW) over ``base_grid`` (learning rate x weight decay, plus e.g.
+   ``directau_gamma`` where DirectAU is a task); the best valid score picks the dataset's base settings;
+2. ``method``: every method with the base settings, over its own ``method_grids`` knobs (one cell when
+   it has none); the best valid score picks the method's reported cell;
+3. ``ablation``: PMTRec without task focusing (alpha = 1) and without balancing (tau = 1), at the best
+   tuned knobs otherwise;
+4. ``sensitivity``: PMTRec over an alpha sweep at the best tau and a tau sweep at the best alpha.
+
+A cell's id names its dataset, method and tuned knobs; the same configuration planned twice (e.g. the
+alpha = 1 sensitivity point and the no-focusing ablation) is one cell.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from recbole_pmtrec.config import properties_dir
+
+MAIN_MODEL = "PMTRec"  # the model every mtl_method trains
+ABLATIONS = {"no_focusing": {"pmtrec_alpha": 1.0}, "no_balancing": {"pmtrec_tau": 1.0}}
+SHORT_NAMES = {
+    "learning_rate": "lr",
+    "weight_decay": "wd",
+    "directau_gamma": "gamma",
+    "pmtrec_alpha": "alpha",
+    "pmtrec_tau": "tau",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run: a dataset, a method and its full RecBole config."""
+
+    id: str
+    stage: str  # base | method | ablation | sensitivity
+    dataset: str
+    method: str  # BPR, LightGCN (RecBole models) or an mtl_method of PMTRec
+    model: str
+    params: dict  # the tuned knobs of this cell (base settings and the method's own)
+    config: dict  # everything passed to RecBole as config_dict
+
+
+@dataclass
+class DatasetPlan:
+    """A suite's settings for one dataset (suite-wide values with the dataset's overrides applied)."""
+
+    name: str
+    config: dict
+    methods: list[str]
+    base_grid: dict
+    method_grids: dict
+    paper: dict = field(default_factory=dict)  # metric -> method -> the paper's Table 2 value
+    paper_ablation: dict = field(default_factory=dict)  # metric -> variant -> the paper's value
+    paper_label: str | None = None  # when the paper's numbers are for another dataset
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    base_method: str
+    datasets: dict[str, DatasetPlan]
+    ablation: list[str]
+    sensitivity: dict  # datasets, pmtrec_alpha, pmtrec_tau
+
+    def select(self, datasets: list[str] | None = None, methods: list[str] | None = None) -> Suite:
+        """The suite restricted to some datasets and methods (the base method always runs: it tunes)."""
+        chosen = copy.deepcopy(self)
+        if datasets:
+            unknown = [d for d in datasets if d not in self.datasets]
+            if unknown:
+                raise ValueError(
+                    f"suite '{self.name}' has no dataset(s) {unknown}; it has {list(self.datasets)}"
+                )
+            chosen.datasets = {d: chosen.datasets[d] for d in datasets}
+        if methods:
+            known = {m for plan in self.datasets.values() for m in plan.methods}
+            unknown = [m for m in methods if m not in known]
+            if unknown:
+                raise ValueError(f"suite '{self.name}' has no method(s) {unknown}; it has {sorted(known)}")
+            for plan in chosen.datasets.values():
+                plan.methods = [m for m in plan.methods if m in methods]
+        return chosen
+
+
+def suite_file(name_or_path: str) -> Path:
+    """``properties/benchmark/<name>.yaml``, or the path itself when it is a yaml file."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise FileNotFoundError(f"suite file {path} does not exist")
+        return path
+    path = properties_dir() / "benchmark" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no suite '{name_or_path}': {path} does not exist; suites: {', '.join(suites())}"
+        )
+    return path
+
+
+def suites() -> list[str]:
+    return sorted(p.stem for p in (properties_dir() / "benchmark").glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = suite_file(name_or_path)
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    where = str(path)
+    for key in ("config", "methods", "tuning", "datasets"):
+        if key not in raw:
+            raise ValueError(f"{where}: the suite has no '{key}' section")
+    tuning = raw["tuning"]
+    base_method = tuning.get("base_method", "ew")
+    if not is_mtl_method(base_method):
+        raise ValueError(
+            f"{where}: tuning.base_method '{base_method}' is not an mtl_method ({mtl_methods()})"
+        )
+    paper = raw.get("paper") or {}
+    datasets = {}
+    for name, spec in raw["datasets"].items():
+        spec = spec or {}
+        method_grids = {**(tuning.get("method_grids") or {}), **(spec.get("method_grids") or {})}
+        plan = DatasetPlan(
+            name=name,
+            config={**raw["config"], **(spec.get("config") or {})},
+            methods=list(spec.get("methods") or raw["methods"]),
+            base_grid=dict(spec.get("base_grid") or tuning["base_grid"]),
+            method_grids=method_grids,
+            paper=(paper.get(name) or {}).get("table2") or {},
+            paper_ablation=(paper.get(name) or {}).get("ablation") or {},
+            paper_label=(paper.get(name) or {}).get("label"),
+        )
+        for method in plan.methods:
+            method_spec(method)  # fails early on a misspelt method
+        for grid_name, grid in [("base_grid", plan.base_grid), *plan.method_grids.items()]:
+            for knob, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"{where}: {name}: grid {grid_name}.{knob} must be a non-empty list")
+        datasets[name] = plan
+    ablation = list(raw.get("ablation") or [])
+    sensitivity = dict(raw.get("sensitivity") or {})
+    for listed in [*ablation, *sensitivity.get("datasets", [])]:
+        if listed not in datasets:
+            raise ValueError(f"{where}: ablation / sensitivity dataset '{listed}' is not in datasets")
+    return Suite(
+        name=path.stem,
+        path=path,
+        description=str(raw.get("description", "")).strip(),
+        base_method=base_method,
+        datasets=datasets,
+        ablation=ablation,
+        sensitivity=sensitivity,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def mtl_methods() -> list[str]:
+    from recbole_pmtrec.trainer.combiners import COMBINERS
+
+    return sorted(COMBINERS)
+
+
+def is_mtl_method(method: str) -> bool:
+    return method in mtl_methods()
+
+
+def method_spec(method: str) -> tuple[str, dict]:
+    """``(model, config)`` of a method: an mtl_method trains PMTRec with it; any other name is a model."""
+    if is_mtl_method(method):
+        return MAIN_MODEL, {"mtl_method": method}
+    from recbole_pmtrec.utils import get_model
+
+    get_model(method)  # raises with the list of models when unknown
+    return method, {}
+
+
+@lru_cache(maxsize=1)
+def multitask_keys() -> frozenset[str]:
+    """Knobs of PMTRec's model yaml and of the combiners: not passed to single-task models."""
+    keys = set()
+    for path in (properties_dir() / "model" / f"{MAIN_MODEL}.yaml", properties_dir() / "combiners.yaml"):
+        with open(path, encoding="utf-8") as f:
+            keys |= set((yaml.safe_load(f) or {}).keys())
+    shared = {"embedding_size", "train_batch_size", "embedding_init"}
+    return frozenset(keys - shared)
+
+
+def display_name(method: str) -> str:
+    """Column names in the paper's style: EW, PMTRec, Nash-MTL, ..."""
+    names = {
+        "pmtrec": "PMTRec",
+        "ew": "EW",
+        "rlw": "RLW",
+        "uw": "UW",
+        "dwa": "DWA",
+        "gradnorm": "GradNorm",
+        "graddrop": "GradDrop",
+        "pcgrad": "PCGrad",
+        "gradvac": "GradVac",
+        "cagrad": "CAGrad",
+        "aligned_mtl": "Aligned-MTL",
+        "nash_mtl": "Nash-MTL",
+        "mgda": "MGDA",
+        "upgrad": "UPGrad",
+        "imtl_g": "IMTL-G",
+    }
+    return names.get(method, method)
+
+
+# ---------------------------------------------------------------------------------------------- cells
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of a ``{knob: [values]}`` grid, in the yaml's order (first knob slowest)."""
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def cell_id(dataset: str, method: str, params: dict) -> str:
+    """``<dataset>__<method>__<knob><value>_...`` (knobs sorted), safe as a file name."""
+    parts = [f"{SHORT_NAMES.get(k, k)}{format_value(v)}" for k, v in sorted(params.items())]
+    text = f"{dataset}__{method}__" + ("_".join(parts) or "default")
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+
+
+def make_cell(plan: DatasetPlan, stage: str, method: str, params: dict) -> Cell:
+    model, method_config = method_spec(method)
+    if model != MAIN_MODEL:
+        params = {k: v for k, v in params.items() if k not in multitask_keys()}
+    config = {**plan.config, **method_config, **params}
+    if model != MAIN_MODEL:
+        config = {k: v for k, v in config.items() if k not in multitask_keys()}
+    return Cell(
+        id=cell_id(plan.name, method, params),
+        stage=stage,
+        dataset=plan.name,
+        method=method,
+        model=model,
+        params=params,
+        config=config,
+    )
+
+
+def base_cells(suite: Suite, plan: DatasetPlan) -> list[Cell]:
+    return [make_cell(plan, "base", suite.base_method, p) for p in grid_points(plan.base_grid)]
+
+
+def method_cells(plan: DatasetPlan, method: str, base: dict) -> list[Cell]:
+    grid = plan.method_grids.get(method) or {}
+    return [make_cell(plan, "method", method, {**base, **p}) for p in grid_points(grid)]
+
+
+def ablation_cells(plan: DatasetPlan, best: dict) -> dict[str, Cell]:
+    """``{variant: cell}`` for no_focusing, no_balancing and full (the best tuned PMTRec)."""
+    cells = {v: make_cell(plan, "ablation", "pmtrec", {**best, **change}) for v, change in ABLATIONS.items()}
+    cells["full"] = make_cell(plan, "ablation", "pmtrec", best)
+    return cells
+
+
+def sensitivity_cells(suite: Suite, plan: DatasetPlan, best: dict) -> dict[str, list[Cell]]:
+    """``{knob: [cells]}``: each sweep varies one knob of the best tuned PMTRec."""
+    sweeps = {}
+    for knob in ("pmtrec_alpha", "pmtrec_tau"):
+        values = suite.sensitivity.get(knob) or []
+        sweeps[knob] = [make_cell(plan, "sensitivity", "pmtrec", {**best, knob: v}) for v in values]
+    return sweeps

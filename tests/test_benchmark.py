@@ -1,0 +1,291 @@
+"""The benchmark command: the smoke suite end to end (cells, table, plots, commands, resume), a cell's
+command reproducing its numbers, and the table / planning logic on fake cell results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from recbole_pmtrec.benchmark import runner as cell_runner
+from recbole_pmtrec.benchmark.__main__ import main
+from recbole_pmtrec.benchmark.driver import Benchmark
+from recbole_pmtrec.benchmark.report import table2, write_report
+from recbole_pmtrec.benchmark.suite import load_suite, method_spec, suites
+from recbole_pmtrec.quick_start import run_recbole_pmtrec
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMOKE_METHODS = {"ew", "BPR", "pmtrec"}
+
+
+class CountingRunner:
+    """Wraps the real (or a fake) cell runner and remembers which cells it trained."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.ids: list[str] = []
+
+    def __call__(self, cell):
+        self.ids.append(cell.id)
+        return self.inner(cell)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke suite run once through the command (``main``), in a folder of its own."""
+    work = tmp_path_factory.mktemp("smoke")
+    cwd, argv = os.getcwd(), sys.argv
+    os.chdir(work)
+    sys.argv = [argv[0]]
+    counter = CountingRunner(cell_runner.run_cell_safely)
+    cell_runner.run_cell_safely, original = counter, cell_runner.run_cell_safely
+    try:
+        main(["--suite", "smoke", "--out", str(work / "out"), "--no-progress"])
+    finally:
+        cell_runner.run_cell_safely = original
+        os.chdir(cwd)
+        sys.argv = argv
+    return work, counter.ids
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))}
+
+
+def test_smoke_suite_writes_cells_table_plots_and_commands(smoke_run):
+    work, ran = smoke_run
+    out = work / "out"
+    cells = _cells(out)
+    assert sorted(cells) == sorted(ran) and len(set(ran)) == len(ran)  # each cell trained once
+    # base (EW), BPR, PMTRec, two ablations, tau=0.001; alpha=1 and tau=1 are the ablation cells again
+    assert len(cells) == 6
+    assert {c["method"] for c in cells.values()} == SMOKE_METHODS
+    for record in cells.values():
+        assert record["status"] == "ok", record.get("error")
+        assert record["wall_s"] > 0 and record["times"]["train_s"] > 0
+        assert record["config"]["valid_metric"] == "recall@20"
+        assert record["command"].startswith("python run_recbole_pmtrec.py")
+        assert set(record["test_result"]) == {f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20, 40)}
+        assert [h["epoch"] for h in record["history"]] == [0, 1]  # 2 epochs, evaluated after each
+        assert all("recall@20" in h["valid"] for h in record["history"])
+        assert record["best_valid_score"] == max(h["valid_score"] for h in record["history"])
+
+    table = (out / "table.md").read_text()
+    assert "| dataset | metric | EW | BPR | PMTRec | PMTRec vs best other |" in table
+    for metric in ("Recall", "NDCG"):
+        for k in (5, 10, 20, 40):
+            assert f"| ml-100k | {metric}@{k} |" in table
+    assert "## Ablation (Fig. 4)" in table and "## Sensitivity (Fig. 5)" in table
+    for name in ("curve_ml-100k.png", "ablation_ml-100k.png", "sensitivity_ml-100k.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and 1000 < len(data) < 200_000
+    commands = (out / "commands.md").read_text()
+    assert all(f"## {cell_id}" in commands and cells[cell_id]["command"] in commands for cell_id in cells)
+
+
+def test_resume_skips_finished_cells_and_reruns_missing_ones(smoke_run, monkeypatch):
+    work, _ = smoke_run
+    out = work / "out"
+    monkeypatch.chdir(work)
+    before = _cells(out)
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(["--suite", "smoke", "--out", str(out), "--no-progress"])
+
+    counter = CountingRunner(cell_runner.run_cell_safely)
+    monkeypatch.setattr(cell_runner, "run_cell_safely", counter)
+    main(["--suite", "smoke", "--out", str(out), "--no-progress", "--resume"])
+    assert counter.ids == []
+    assert _cells(out) == before
+
+    lost = next(i for i, c in before.items() if c["method"] == "BPR")  # as if interrupted while running
+    (out / "cells" / f"{lost}.json").unlink()
+    main(["--suite", "smoke", "--out", str(out), "--no-progress", "--resume"])
+    assert counter.ids == [lost]
+    assert _cells(out)[lost]["test_result"] == before[lost]["test_result"]  # same seed, same numbers
+
+
+def test_cell_command_reproduces_the_cell(smoke_run, monkeypatch):
+    """The command written for a cell, run as RecBole's command line, gives the cell's test numbers."""
+    work, _ = smoke_run
+    monkeypatch.chdir(work)
+    record = next(c for c in _cells(work / "out").values() if c["method"] == "BPR")
+    args = shlex.split(record["command"])
+    assert args[:2] == ["python", "run_recbole_pmtrec.py"]
+    monkeypatch.setattr(sys, "argv", args[1:])
+    result = run_recbole_pmtrec(saved=True)
+    assert result["model"] == "BPR"
+    assert dict(result["test_result"]) == record["test_result"]
+
+
+# ---------------------------------------------------------------------------------------------- fake cells
+FAKE_SUITE = """
+config: {epochs: 3, valid_metric: recall@20}
+methods: [BPR, ew, rlw, pmtrec]
+tuning:
+  base_method: ew
+  base_grid: {learning_rate: [0.01, 0.001], weight_decay: [0.0]}
+  method_grids:
+    pmtrec: {pmtrec_alpha: [1.0, 1.1], pmtrec_tau: [0.1, 0.01]}
+datasets:
+  office: {}
+ablation: [office]
+sensitivity: {datasets: [office], pmtrec_alpha: [1.0, 1.1, 1.2], pmtrec_tau: [1.0, 0.1]}
+paper:
+  office:
+    table2:
+      recall@20: {ew: 0.0655, rlw: 0.0849, pmtrec: 0.0905}
+    ablation:
+      recall@40: {no_focusing: 0.1395, no_balancing: 0.1468, full: 0.1474}
+"""
+
+
+def fake_score(cell) -> float:
+    """A deterministic score: lr 0.01 beats 0.001; PMTRec best at alpha 1.1, tau 0.01; BPR < EW < RLW."""
+    p = cell.params
+    score = {"BPR": 0.05, "ew": 0.06, "rlw": 0.07, "pmtrec": 0.08}[cell.method]
+    score += 0.01 if p.get("learning_rate") == 0.01 else 0.0
+    if cell.method == "pmtrec":
+        score += 0.002 * (p["pmtrec_alpha"] == 1.1) + 0.001 * (p["pmtrec_tau"] == 0.01)
+    return round(score, 4)
+
+
+def fake_runner(cell) -> dict:
+    score = fake_score(cell)
+    result = {f"{m}@{k}": round(score * k / 20, 4) for m in ("recall", "ndcg") for k in (5, 10, 20, 40)}
+    curve = [score * (e + 1) / 3 for e in range(3)]
+    history = [
+        {"epoch": e, "train_s": 0.1, "valid_score": v, "valid": {"recall@20": v}} for e, v in enumerate(curve)
+    ]
+    return {
+        "status": "ok",
+        "best_valid_score": score,
+        "best_valid_result": result,
+        "test_result": result,
+        "best_epoch": 2,
+        "epochs_run": 3,
+        "history": history,
+        "times": {"data_s": 0.0, "train_s": 0.3, "valid_s": 0.0, "test_s": 0.0},
+        "wall_s": 1.0,
+    }
+
+
+@pytest.fixture
+def fake_suite(tmp_path):
+    path = tmp_path / "fake.yaml"
+    path.write_text(FAKE_SUITE)
+    return load_suite(str(path))
+
+
+def test_stages_pick_by_valid_score_and_share_identical_cells(fake_suite, tmp_path):
+    counter = CountingRunner(fake_runner)
+    bench = Benchmark(fake_suite, tmp_path / "out", runner=counter, progress=False)
+    bench.run()
+    picks = bench.picks["office"]
+    assert picks["base"] == {"learning_rate": 0.01, "weight_decay": 0.0}
+    chosen = {m: bench.results[i]["params"] for m, i in picks["methods"].items()}
+    assert chosen["pmtrec"] == {
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "pmtrec_alpha": 1.1,
+        "pmtrec_tau": 0.01,
+    }
+    assert chosen["BPR"] == {"learning_rate": 0.01, "weight_decay": 0.0}  # PMTRec's knobs never reach BPR
+    assert "mtl_method" not in bench.results[picks["methods"]["BPR"]]["config"]
+    ablation = {v: bench.results[i]["params"] for v, i in picks["ablation"].items()}
+    assert ablation["no_focusing"]["pmtrec_alpha"] == 1.0 and ablation["no_focusing"]["pmtrec_tau"] == 0.01
+    assert ablation["no_balancing"]["pmtrec_tau"] == 1.0 and ablation["no_balancing"]["pmtrec_alpha"] == 1.1
+    assert picks["ablation"]["full"] == picks["methods"]["pmtrec"]
+    # 2 base + BPR + RLW + 4 PMTRec + no balancing + alpha 1.2: no focusing (alpha 1, tau .01) and the other
+    # sweep points are cells already run, not run again
+    assert len(counter.ids) == len(set(counter.ids)) == 10
+    assert [bench.results[i]["params"]["pmtrec_alpha"] for i in picks["sensitivity"]["pmtrec_alpha"]] == [
+        1.0,
+        1.1,
+        1.2,
+    ]
+
+
+def test_table2_layout(fake_suite, tmp_path):
+    bench = Benchmark(fake_suite, tmp_path / "out", runner=fake_runner, progress=False)
+    bench.run()
+    table = table2(fake_suite, bench.results, bench.picks)
+    lines = table.splitlines()
+    assert lines[0] == "| dataset | metric | EW | BPR | RLW | PMTRec | PMTRec vs best other |"
+    rows = {line.split(" | ")[1]: line for line in lines[2:]}
+    assert list(rows) == [f"{m}@{k}" for m in ("Recall", "NDCG") for k in (5, 10, 20, 40)]
+    # R@20 = the valid score (fake): EW .07, BPR .06, RLW .08, PMTRec .093 (best, bold), paper in parentheses
+    assert rows["Recall@20"] == (
+        "| office | Recall@20 | .0700 (.0655) | .0600 | .0800 (.0849) | **.0930** (.0905) | +16.2% |"
+    )
+    assert rows["NDCG@40"].startswith("| office | NDCG@40 | .1400 | .1200 | .1600 | **.1860** |")
+    written = write_report(fake_suite, bench.results, bench.picks, tmp_path / "out", "cmd")
+    assert {p.name for p in written} == {
+        "table.md",
+        "commands.md",
+        "curve_office.png",
+        "ablation_office.png",
+        "sensitivity_office.png",
+    }
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert "| office | w/o focusing (alpha=1) |" in text and "| .1395 |" in text
+
+
+def test_failed_cell_is_recorded_and_retried_on_request(fake_suite, tmp_path):
+    def failing_rlw(cell):
+        if cell.method == "rlw":
+            return {"status": "failed", "error": "ValueError: boom", "wall_s": 0.1}
+        return fake_runner(cell)
+
+    out = tmp_path / "out"
+    bench = Benchmark(fake_suite, out, runner=failing_rlw, progress=False)
+    bench.run()
+    assert "rlw" not in bench.picks["office"]["methods"]
+    assert (
+        "failed: ValueError: boom"
+        in write_report(fake_suite, bench.results, bench.picks, out, "c")[0].read_text()
+    )
+    again = CountingRunner(fake_runner)
+    Benchmark(fake_suite, out, resume=True, runner=again, progress=False).run()
+    assert again.ids == []
+    Benchmark(fake_suite, out, resume=True, retry_failed=True, runner=again, progress=False).run()
+    assert [i.split("__")[1] for i in again.ids] == ["rlw"]
+
+
+def test_resume_reruns_a_cell_whose_config_changed(fake_suite, tmp_path):
+    out = tmp_path / "out"
+    Benchmark(fake_suite, out, runner=fake_runner, progress=False).run()
+    fake_suite.datasets["office"].config["epochs"] = 4  # the suite changed since: no stale result is reused
+    again = CountingRunner(fake_runner)
+    Benchmark(fake_suite, out, resume=True, runner=again, progress=False).run()
+    assert len(again.ids) == 10
+
+
+def test_shipped_suites_load_with_known_methods_and_the_papers_numbers():
+    assert {"smoke", "paper", "extra"} <= set(suites())
+    for name in suites():
+        suite = load_suite(name)
+        for plan in suite.datasets.values():
+            assert plan.config["valid_metric"] == "recall@20"
+            # patience: 10 epochs without improvement, or more where evaluation is sparse (Epinions)
+            assert plan.config["stopping_step"] * plan.config["eval_step"] >= 10
+            for method in plan.methods:
+                method_spec(method)
+    office = load_suite("paper").datasets["office"]
+    assert office.paper["recall@20"]["pmtrec"] == pytest.approx(0.0905)
+    assert office.paper["ndcg@20"]["pmtrec"] == pytest.approx(0.0473)
+
+
+def test_unknown_method_or_dataset_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        textwrap.dedent(FAKE_SUITE).replace("methods: [BPR, ew, rlw, pmtrec]", "methods: [BPR, pcgrd]")
+    )
+    with pytest.raises(ValueError, match="pcgrd"):
+        load_suite(str(path))
+    with pytest.raises(ValueError, match="no dataset"):
+        load_suite("smoke").select(datasets=["epinions"])
