@@ -259,7 +259,7 @@ def cointeraction_pairs(users, items, num_items: int, max_pairs: int, seed: int)
 
     A user with ``n`` distinct items has ``n(n-1)/2`` pairs; when that exceeds ``max_pairs``, ``max_pairs``
     pairs are drawn uniformly with replacement (then de-duplicated) with a generator seeded by ``seed``,
-    so memory stays ``O(max_pairs * users)`` (Epinions' heaviest user alone has ~10^6 pairs).
+    so memory stays ``O(max_pairs * users)`` (Epinions' heaviest training user alone has ~5 million pairs).
     Returns (first, second, stats) with first < second.
     """
     keys = np.unique(np.asarray(users, dtype=np.int64) * num_items + np.asarray(items, dtype=np.int64))
