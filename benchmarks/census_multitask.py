@@ -72,10 +72,21 @@ def run_one(job: dict) -> dict:
     }
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """``mean ± sample std`` (``< 1e-digits`` where the std rounds to zero)."""
+    mean = f"{statistics.mean(values):.{digits}f}"
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return mean
+    std = statistics.stdev(values)
+    return f"{mean} ± {std:.{digits}f}" if round(std, digits) > 0 else f"{mean} ± <{10**-digits:.{digits}f}"
+
+
+def _groups(runs: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["mtl_method"]), []).append(run)
+    order = {m: i for i, m in enumerate(MODELS)}
+    return sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))
 
 
 def table(runs: list[dict]) -> str:
@@ -85,21 +96,35 @@ def table(runs: list[dict]) -> str:
         "| wall time per run (s) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run["model"], run["mtl_method"]), []).append(run)
-    order = {m: i for i, m in enumerate(MODELS)}
-    for (model, method), group in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+    for (model, method), group in _groups(runs):
         cells = [
             mean_std([r["test"][f"{metric}@{task}"] for r in group])
             for metric in ("auc", "logloss")
             for task in TASKS
         ]
-        seconds = mean_std([r["seconds"] for r in group]).replace(".0000", "")
-        epochs = sorted({r["epochs"] for r in group})
-        lines.append(
-            f"| {model} | {method} | {len(group)} | {', '.join(map(str, epochs))} | {' | '.join(cells)} | {seconds} |"
-        )
+        seconds = mean_std([r["seconds"] for r in group], digits=0)
+        epochs = ", ".join(map(str, sorted({r["epochs"] for r in group})))
+        lines.append(f"| {model} | {method} | {len(group)} | {epochs} | {' | '.join(cells)} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_seed_table(runs: list[dict]) -> str:
+    """Markdown: every run's test AUC (income / marital) and wall time, one column per seed."""
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [
+        "| model | mtl_method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in seeds) + " |",
+    ]
+    for (model, method), group in _groups(runs):
+        by_seed = {r["seed"]: r for r in group}
+        cells = [
+            f"{by_seed[s]['test']['auc@income']:.4f} / {by_seed[s]['test']['auc@marital']:.4f} "
+            f"({by_seed[s]['seconds']:.0f} s)"
+            if s in by_seed
+            else ""
+            for s in seeds
+        ]
+        lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table(done))
-    print(table(done))
+    text = table(done) + "\nPer seed, test AUC income / marital (wall time):\n\n" + per_seed_table(done)
+    args.output.write_text(text)
+    print(text)
     return 0
 
 
