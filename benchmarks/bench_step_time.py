@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -132,11 +131,11 @@ def time_steps(dataset, encoder, data_path, steps, warmup, extra):
 
 
 def peak_memory(dataset, encoder, data_path, method, steps, extra):
-    """Peak resident memory (MiB) of a fresh process doing ``steps`` steps of ``method`` (CUDA: peak
-    allocated GPU memory)."""
+    """Memory (MiB) of ``steps`` steps of ``method`` in a fresh process (CUDA: peak allocated GPU memory)."""
     code = (
         "import sys, json; sys.argv=[sys.argv[0]]; import bench_step_time as b; "
-        f"print(json.dumps(b._memory_child({dataset!r}, {encoder!r}, {data_path!r}, {method!r}, {steps}, {extra!r})))"
+        f"print(json.dumps(b._memory_child({dataset!r}, {encoder!r}, {os.path.abspath(data_path)!r}, {method!r}, "
+        f"{steps}, {extra!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -149,19 +148,33 @@ def peak_memory(dataset, encoder, data_path, method, steps, extra):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _memory_child(dataset, encoder, data_path, method, steps, extra):
-    config, train_data, batches = _prepare(dataset, encoder, data_path, steps, extra)
+    """Peak memory of ``steps`` training steps above the memory held before them (data, model, optimizer):
+    the process's peak-RSS mark is reset (Linux ``/proc/self/clear_refs``) after one warm-up step."""
+    config, train_data, batches = _prepare(dataset, encoder, data_path, steps + 1, extra)
     cfg = _config(dataset, encoder, method, data_path, extra)
     trainer = MultiTaskTrainer(cfg, _model(cfg, train_data, batches))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer.optimizer.zero_grad()
+    trainer.train_step(batches[0], 1)
     if cfg["device"].type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for batch in batches:
+    baseline = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for batch in batches[1:]:
         trainer.optimizer.zero_grad()
         trainer.train_step(batch, 1)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     gpu = torch.cuda.max_memory_allocated() / 2**20 if cfg["device"].type == "cuda" else None
-    return {"peak_rss_mib": after, "rss_growth_during_steps_mib": after - before, "gpu_peak_mib": gpu}
+    return {"rss_before_steps_mib": baseline, "step_peak_above_mib": peak - baseline, "gpu_peak_mib": gpu}
 
 
 def main(argv=None):
@@ -202,11 +215,15 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| dataset | encoder | tasks | EW step ms | PMTRec step ms | RecBole backward ms | PMTRec/EW step | "
-          "PMTRec/EW epoch | peak RSS EW / PMTRec MiB |")  # fmt: skip
+          "PMTRec/EW epoch | step memory peak EW / PMTRec (MiB) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mem = r["memory"]
-        mem_text = f"{mem['ew']['peak_rss_mib']:.0f} / {mem['pmtrec']['peak_rss_mib']:.0f}" if mem else "-"
+        mem_text = (
+            f"{mem['ew']['step_peak_above_mib']:.0f} / {mem['pmtrec']['step_peak_above_mib']:.0f}"
+            if mem
+            else "-"
+        )
         print(
             f"| {r['dataset']} | {r['encoder']} | {'+'.join(r['tasks'])} | {r['step_ms']['ew']} | "
             f"{r['step_ms']['pmtrec']} | {r['step_ms']['recbole_backward']} | {r['step_ratio_pmtrec_over_ew']} | "

@@ -36,16 +36,6 @@ TRAINING = {
 }
 
 
-def _register_trainers() -> None:
-    """Until ``recbole_pmtrec.trainer`` exports ``<Model>Trainer`` for these models, export it here."""
-    import recbole_pmtrec.trainer as trainer_package
-    from recbole_pmtrec.trainer.multilabel import MultiLabelTrainer
-
-    for name in MODELS:
-        if not hasattr(trainer_package, f"{name}Trainer"):
-            setattr(trainer_package, f"{name}Trainer", MultiLabelTrainer)
-
-
 def run_one(job: dict) -> dict:
     """One (model, seed) run in this process; returns its test and best-valid metrics and wall time."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -55,7 +45,6 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from recbole_pmtrec import run_recbole_pmtrec
 
-    _register_trainers()
     with tempfile.TemporaryDirectory() as tmp:
         config = {**TRAINING, **job["config"], "seed": job["seed"], "checkpoint_dir": tmp}
         start = time.perf_counter()

@@ -351,7 +351,9 @@ def test_cli_help_lists_datasets(capsys):
     text = capsys.readouterr().out
     for name in CONVERTERS:
         assert name in text
-    assert set(CONVERTERS) == {"epinions", "office", "amazon-2018", "amazon-hin", "lastfm"}
+    assert set(CONVERTERS) == {
+        "epinions", "office", "amazon-2018", "amazon-hin", "lastfm", "census-income", "aliexpress", "ali-ccp"
+    }  # fmt: skip
 
 
 def test_cli_writes_files_yaml_and_counts(tmp_path, capsys):

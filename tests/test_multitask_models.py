@@ -12,7 +12,6 @@ import torch
 from conftest import TEST_DATA, shared_data_dir
 from sklearn.metrics import roc_auc_score
 
-import recbole_pmtrec.trainer as trainer_package
 from recbole_pmtrec import (
     Config,
     create_dataset,
@@ -65,15 +64,6 @@ RECOMMENDER = {
     "valid_metric": "auc@like",
     "train_batch_size": 64,
 }
-
-
-@pytest.fixture(autouse=True)
-def _trainers_registered(monkeypatch):
-    """``recbole_pmtrec.trainer`` exports ``<Model>Trainer`` for these models (lines the lead adds to its
-    ``__init__``); until it does, register them here so the tests go through the real resolver."""
-    for name in MODELS:
-        if not hasattr(trainer_package, f"{name}Trainer"):
-            monkeypatch.setattr(trainer_package, f"{name}Trainer", MultiLabelTrainer, raising=False)
 
 
 def build(model_name, dataset, config_dict):

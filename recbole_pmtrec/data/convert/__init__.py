@@ -8,8 +8,10 @@ Conventions and counts: ``docs/DATASETS.md``.
 
 from __future__ import annotations
 
+from .ali_mtl import convert_ali_ccp, convert_aliexpress
 from .amazon_2018 import convert_amazon_2018
 from .amazon_hin import convert_amazon_hin
+from .census_income import convert_census_income
 from .epinions import convert_epinions
 from .lastfm import convert_lastfm
 from .office import convert_office
@@ -39,12 +41,30 @@ CONVERTERS = {
         "HetRec 2011 Last.fm (user_artists/user_friends/user_taggedartists/tags.dat): "
         ".inter (weight), .item (tags), .net (undirected friends)",
     ),
+    "census-income": (
+        convert_census_income,
+        "UCI Census-Income KDD (official train/test .gz): census-income.{train,valid,test}.inter, "
+        "labels income, marital",
+    ),
+    "aliexpress": (
+        convert_aliexpress,
+        "AliExpress (train.csv/test.csv or the samples): aliexpress.{train,valid,test}.inter, "
+        "labels click, conversion",
+    ),
+    "ali-ccp": (
+        convert_ali_ccp,
+        "Ali-CCP (ali_ccp_{train,val,test}.csv or the samples): ali-ccp.{train,valid,test}.inter, "
+        "labels click, purchase",
+    ),
 }
 
 __all__ = [
     "CONVERTERS",
+    "convert_ali_ccp",
+    "convert_aliexpress",
     "convert_amazon_2018",
     "convert_amazon_hin",
+    "convert_census_income",
     "convert_epinions",
     "convert_lastfm",
     "convert_office",
