@@ -251,6 +251,14 @@ def test_lightgcn_base_gradients_is_the_transpose_of_the_propagation(pair):
         torch.testing.assert_close(back["item"][t], expected[1], atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("encoder", ["lightgcn", "ngcf"])
+def test_encoder_deep_copies_after_a_training_forward(encoder, pair):
+    ours, _ = pair(encoder)
+    ours.train()()  # keeps the graph of this forward
+    clone = copy.deepcopy(ours)
+    torch.testing.assert_close(clone.eval()()[0], ours.eval()()[0])
+
+
 def test_ngcf_base_gradients_without_a_training_forward_raises(pair):
     ours, _ = pair("ngcf")
     ours.eval()

@@ -12,8 +12,9 @@ per-task gradients at the output ``{table: [T, N, D]}`` back to the base tables 
   task's base gradient is one vector-Jacobian product of the propagation alone
   (``torch.autograd.grad(output, base, grad_outputs=G_t, retain_graph=True)``); the losses are not
   replayed. The trainer's backward of the summed loss reaches W through the same graph, so W takes the
-  summed gradient, and every task sees the dropout masks of the one forward. A loop of T products beat
-  ``is_grads_batched`` here (sparse products have no batching rule; see docs/ENCODERS.md).
+  summed gradient, and every task sees the dropout masks of the one forward. A loop of T products and one
+  ``is_grads_batched`` call cost the same within noise (docs/ENCODERS.md); the loop holds one task's
+  intermediates at a time.
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ class NGCFEncoder(GraphEncoder):
         if self.node_dropout > 0:  # a dropped Â is not symmetric: its transpose for the backward
             self.register_buffer("transpose_order", transpose_order(self.adjacency()), persistent=False)
         self._propagated: torch.Tensor | None = None  # this training step's output, graph attached
+
+    def __getstate__(self):
+        """Copies and pickles leave out the last forward's graph (a non-leaf tensor cannot be deep-copied)."""
+        return {**super().__getstate__(), "_propagated": None}
 
     def _adjacency_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Â, Â^T) for this forward: Â itself, or in training with ``node_dropout`` each stored entry
