@@ -106,14 +106,6 @@ def step_memory(dataset, encoder, data_path, method, steps):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _memory_child(dataset, encoder, data_path, method, steps):
     _, train_data, batches = common._prepare(dataset, encoder, data_path, steps, {})
     cfg = common._config(dataset, encoder, "ew" if method == "recbole_backward" else method, data_path, {})
@@ -134,12 +126,12 @@ def _memory_child(dataset, encoder, data_path, method, steps):
 
     del train_data
     gc.collect()
-    before = _status_mib("VmRSS")
+    before = common._status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
         refs.write("5")  # reset VmHWM (the peak) to the current resident size
     for batch in batches:
         step(batch)
-    peak = _status_mib("VmHWM")
+    peak = common._status_mib("VmHWM")
     return {
         "rss_before_steps_mib": before,
         "peak_during_steps_mib": peak,
