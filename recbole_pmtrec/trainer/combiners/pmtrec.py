@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from recbole_pmtrec.trainer.combiners.base import Combiner, register
+from recbole_pmtrec.trainer.combiners.common import knob
 
 
 def row_task_weights(
@@ -95,9 +96,9 @@ class PMTRecCombiner(Combiner):
 
     def __init__(self, config, num_tasks: int):
         super().__init__(config, num_tasks)
-        self.focus_base = float(config["pmtrec_alpha"] if config["pmtrec_alpha"] is not None else 1.0)
-        self.temperature = float(config["pmtrec_tau"] if config["pmtrec_tau"] is not None else 1.0)
-        self.skip_untouched = bool(config["pmtrec_skip_untouched"])
+        self.focus_base = float(knob(config, "pmtrec_alpha"))
+        self.temperature = float(knob(config, "pmtrec_tau"))
+        self.skip_untouched = bool(knob(config, "pmtrec_skip_untouched"))
         self.last_weights: torch.Tensor | None = None  # [T, R] of the last combine_rows call (for logging)
         self.last_norms: torch.Tensor | None = None  # [T, R] row gradient norms of that call (to pick tau)
 
