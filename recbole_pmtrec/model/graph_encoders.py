@@ -90,7 +90,9 @@ class GraphEncoder(Encoder):
         """Â as a CSR tensor (a view of the buffers), or with the same pattern and other ``values``."""
         values = self.adjacency_values if values is None else values
         n_nodes = self.n_users + self.n_items
-        return torch.sparse_csr_tensor(self.adjacency_crow, self.adjacency_col, values, (n_nodes, n_nodes))
+        return torch.sparse_csr_tensor(
+            self.adjacency_crow, self.adjacency_col, values, (n_nodes, n_nodes), check_invariants=False
+        )
 
     def ego_embeddings(self) -> torch.Tensor:
         """The base tables stacked, users first: ``[n_users + n_items, d]``."""
