@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import time
 import traceback
 from logging import getLogger
@@ -40,6 +41,19 @@ def _shell_quote(arg: str) -> str:
     if not any(c in arg for c in '"$`\\!'):
         return f'"{arg}"'
     return shlex.quote(arg)
+
+
+def source_version() -> str | None:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it (None outside a checkout)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, check=False)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty.returncode else "")
 
 
 def _plain(value):
@@ -143,6 +157,7 @@ def run_cell(cell: Cell) -> dict:
             "threads": torch.get_num_threads(),
             "device": str(config["device"]),
             "machine": platform.machine(),
+            "source": source_version(),
         },
         "wall_s": time.perf_counter() - start,
     }
