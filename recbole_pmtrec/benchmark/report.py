@@ -55,9 +55,10 @@ def metrics_of(results: dict, picks: dict) -> list[str]:
 
 def table2(suite: Suite, results: dict, picks: dict) -> str:
     """Methods as columns, rows = dataset x metric@K: ours (the paper's Table 2 value in parentheses)."""
-    methods = []
+    methods = []  # the suite's order; the base method (which always runs) first where a suite leaves it out
     for plan in suite.datasets.values():
-        for m in [suite.base_method, *plan.methods]:
+        listed = plan.methods if suite.base_method in plan.methods else [suite.base_method, *plan.methods]
+        for m in listed:
             if m not in methods:
                 methods.append(m)
     ordered = [m for m in methods if m != "pmtrec"] + (["pmtrec"] if "pmtrec" in methods else [])
