@@ -76,7 +76,7 @@ def test_smoke_suite_writes_cells_table_plots_and_commands(smoke_run):
         assert record["best_valid_score"] == max(h["valid_score"] for h in record["history"])
 
     table = (out / "table.md").read_text()
-    assert "| dataset | metric | BPR | EW | PMTRec | PMTRec vs best other |" in table
+    assert "| dataset | metric | BPR | EW | PMTRec | PMTRec vs best MTL baseline |" in table
     for metric in ("Recall", "NDCG"):
         for k in (5, 10, 20, 40):
             assert f"| ml-100k | {metric}@{k} |" in table
@@ -215,7 +215,7 @@ def test_table2_layout(fake_suite, tmp_path):
     bench.run()
     table = table2(fake_suite, bench.results, bench.picks)
     lines = table.splitlines()
-    assert lines[0] == "| dataset | metric | BPR | EW | RLW | PMTRec | PMTRec vs best other |"
+    assert lines[0] == "| dataset | metric | BPR | EW | RLW | PMTRec | PMTRec vs best MTL baseline |"
     rows = {line.split(" | ")[1]: line for line in lines[2:]}
     assert list(rows) == [f"{m}@{k}" for m in ("Recall", "NDCG") for k in (5, 10, 20, 40)]
     # R@20 = the valid score (fake): BPR .06, EW .07, RLW .08, PMTRec .093 (best, bold), paper in parentheses
