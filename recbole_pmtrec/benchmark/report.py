@@ -188,6 +188,8 @@ def _save(fig, path: Path) -> Path:
 def plot_curves(dataset: str, results: dict, chosen: dict, path: Path) -> Path:
     """Fig. 6: valid Recall@20 per epoch of each method's chosen cell."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
+    if len(chosen) > 10:  # the default cycle repeats after 10 colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for method, cell_id in chosen.items():
         history = [h for h in results[cell_id]["history"] if "valid" in h]
         epochs = [h["epoch"] + 1 for h in history]
@@ -237,10 +239,13 @@ def plot_ablation(dataset: str, results: dict, variants: dict, reference: dict, 
     width = 0.8 / max(len(bars), 1)
     for j, (name, result) in enumerate(bars.items()):
         xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(metrics))]
-        ax.bar(xs, [result.get(m, 0.0) for m in metrics], width, label=name)
+        values = [result.get(m, 0.0) for m in metrics]
+        bars_drawn = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars_drawn, labels=[fmt(v) for v in values], fontsize=6, rotation=90, padding=2)
     ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
     ax.set_ylabel("test")
     ax.set_title(f"{dataset}: ablation of PMTRec")
+    ax.margins(y=0.15)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
