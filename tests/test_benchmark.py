@@ -289,3 +289,74 @@ def test_unknown_method_or_dataset_is_refused(tmp_path):
         load_suite(str(path))
     with pytest.raises(ValueError, match="no dataset"):
         load_suite("smoke").select(datasets=["epinions"])
+
+
+ENCODER_SUITE = FAKE_SUITE.replace(
+    "ablation: [office]",
+    """  office-core5:
+    dataset: office
+    config: {user_inter_num_interval: "[5,inf)"}
+encoders:
+  datasets: [office]
+  encoders: [mf, lightgcn, ngcf]
+  methods: [ew, pmtrec]
+  grid: {learning_rate: [0.01, 0.005]}
+ablation: [office]""",
+)
+
+
+def encoder_runner(cell) -> dict:
+    """fake_runner, with LightGCN +0.02 and NGCF -0.01, and lr 0.005 best for the graph encoders."""
+    record = fake_runner(cell)
+    encoder = cell.config.get("encoder", "mf")
+    bonus = {"mf": 0.0, "lightgcn": 0.02, "ngcf": -0.01}[encoder]
+    if encoder != "mf" and cell.params.get("learning_rate") == 0.005:
+        bonus += 0.03
+    record["best_valid_score"] = round(record["best_valid_score"] + bonus, 4)
+    record["test_result"] = {k: round(v + bonus, 4) for k, v in record["test_result"].items()}
+    return record
+
+
+def test_encoder_stage_reuses_tuned_knobs_and_searches_only_its_grid(tmp_path):
+    path = tmp_path / "enc.yaml"
+    path.write_text(ENCODER_SUITE)
+    suite = load_suite(str(path))
+    assert suite.datasets["office-core5"].source == "office"
+    counter = CountingRunner(encoder_runner)
+    bench = Benchmark(suite, tmp_path / "out", runner=counter, progress=False)
+    bench.run()
+    picks = bench.picks["office"]["encoders"]
+    assert list(picks) == ["mf", "lightgcn", "ngcf"]
+    assert picks["mf"] == {m: bench.picks["office"]["methods"][m] for m in ("ew", "pmtrec")}
+    tuned = bench.results[bench.picks["office"]["methods"]["pmtrec"]]["params"]
+    for encoder in ("lightgcn", "ngcf"):
+        for method in ("ew", "pmtrec"):
+            record = bench.results[picks[encoder][method]]
+            assert record["stage"] == "encoder" and record["config"]["encoder"] == encoder
+            assert record["params"]["learning_rate"] == 0.005  # the grid's winner for graph encoders
+            if method == "pmtrec":  # alpha / tau: the MF-tuned ones, not searched again
+                assert record["params"]["pmtrec_alpha"] == tuned["pmtrec_alpha"]
+                assert record["params"]["pmtrec_tau"] == tuned["pmtrec_tau"]
+    encoder_ids = [i for i in counter.ids if bench.results[i]["stage"] == "encoder"]
+    assert len(encoder_ids) == 2 * 2 * 2  # 2 other encoders x 2 methods x 2 learning rates
+    # the aliased entry loads office's files under its own name
+    core = [r for r in bench.results.values() if r["dataset"] == "office-core5"]
+    assert core and all(r["config"]["user_inter_num_interval"] == "[5,inf)" for r in core)
+    assert all("--dataset=office " in r["command"] for r in core)
+    written = write_report(suite, bench.results, bench.picks, tmp_path / "out", "cmd")
+    assert "encoders_office.png" in {p.name for p in written}
+    text = (tmp_path / "out" / "table.md").read_text()
+    # lr 0.005 (no +.01 of lr 0.01): PMTRec .08 + .002 + .001 + .02 + .03 = .133 R@20, EW .06 + .05 = .11
+    # -> +20.9 %; no single-task LightGCN in this suite
+    row = next(line for line in text.splitlines() if line.startswith("| office | LightGCN |"))
+    assert row.startswith("| office | LightGCN | - | .1100 / .1100 | .1330 / .1330 | +20.9% |")
+
+
+def test_encoder_section_is_checked(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(ENCODER_SUITE.replace("encoders: [mf, lightgcn, ngcf]", "encoders: [mf, gcn]"))
+    with pytest.raises(ValueError, match="gcn"):
+        load_suite(str(path))
+    path.write_text(ENCODER_SUITE.replace("methods: [ew, pmtrec]\n  grid", "methods: [BPR]\n  grid"))
+    with pytest.raises(ValueError, match="BPR"):
+        load_suite(str(path))

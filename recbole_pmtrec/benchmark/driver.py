@@ -19,6 +19,7 @@ from recbole_pmtrec.benchmark.suite import (
     Suite,
     ablation_cells,
     base_cells,
+    encoder_cells,
     grid_points,
     method_cells,
     sensitivity_cells,
@@ -121,6 +122,10 @@ class Benchmark:
         if "pmtrec" in plan.methods and plan.name in self.suite.sensitivity.get("datasets", []):
             count += len(self.suite.sensitivity.get("pmtrec_alpha") or [])
             count += len(self.suite.sensitivity.get("pmtrec_tau") or [])
+        if plan.name in self.suite.encoders.get("datasets", []):
+            others = [e for e in self.suite.encoders["encoders"] if e != plan.config.get("encoder", "mf")]
+            methods = [m for m in self.suite.encoders["methods"] if m in plan.methods]
+            count += len(others) * len(methods) * len(grid_points(self.suite.encoders.get("grid") or {}))
         return count
 
     def ensure(self, cell: Cell) -> dict | None:
@@ -183,6 +188,7 @@ class Benchmark:
             best = best_record([self.ensure(c) for c in cells])
             if best:
                 picks["methods"][method] = best["id"]
+        self._run_encoders(plan, picks)
         if "pmtrec" not in plan.methods or "pmtrec" not in picks["methods"]:
             return
         best_pmtrec = dict(self.results[picks["methods"]["pmtrec"]]["params"])
@@ -195,6 +201,28 @@ class Benchmark:
             picks["sensitivity"] = {}
             for knob, cells in sensitivity_cells(self.suite, plan, best_pmtrec).items():
                 picks["sensitivity"][knob] = [c.id for c in cells if self.ensure(c)]
+
+    def _run_encoders(self, plan: DatasetPlan, picks: dict) -> None:
+        """Fig. 3: ``picks["encoders"][encoder][method]`` = the best cell of the method with that encoder."""
+        spec = self.suite.encoders
+        if plan.name not in spec.get("datasets", []):
+            return
+        own = plan.config.get("encoder", "mf")
+        picks["encoders"] = {}
+        for encoder in spec["encoders"]:
+            chosen = picks["encoders"].setdefault(encoder, {})
+            for method in spec["methods"]:
+                if method not in picks["methods"]:
+                    continue  # not in this run's methods, or its cells are missing
+                if encoder == own:
+                    chosen[method] = picks["methods"][method]
+                    continue
+                tuned = dict(self.results[picks["methods"][method]]["params"])
+                best = best_record(
+                    [self.ensure(c) for c in encoder_cells(self.suite, plan, method, tuned, encoder)]
+                )
+                if best:
+                    chosen[method] = best["id"]
 
 
 def _jsonable(value):

@@ -26,6 +26,8 @@ VARIANT_NAMES = {
     "full": "full",
 }
 CURVE_METRIC = "recall@20"
+ENCODER_NAMES = {"mf": "MF", "lightgcn": "LightGCN", "ngcf": "NGCF"}
+SINGLE_TASK = {"mf": "BPR", "lightgcn": "LightGCN", "ngcf": "NGCF"}  # RecBole's model of each encoder
 
 
 def metric_label(metric: str) -> str:
@@ -177,6 +179,51 @@ def sensitivity_table(results: dict, picks: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def encoder_table(results: dict, picks: dict) -> str:
+    """Fig. 3 as a table: per dataset and encoder, each method's test Recall@20 / NDCG@20, the single-task
+    RecBole model of that encoder where the suite ran it, and PMTRec against the best other combiner."""
+    lines = []
+    for dataset, chosen in picks.items():
+        table = chosen.get("encoders") or {}
+        if not table:
+            continue
+        methods = []
+        for row in table.values():
+            methods += [m for m in row if m not in methods]
+        methods = [m for m in methods if m != "pmtrec"] + (["pmtrec"] if "pmtrec" in methods else [])
+        header = ["dataset", "encoder", "single-task (RecBole)", *[display_name(m) for m in methods]]
+        if "pmtrec" in methods and len(methods) > 1:
+            header.append("PMTRec vs best other")
+        header.append("knobs of the encoder cells")
+        lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 3) + "---|"]
+        for encoder, row in table.items():
+            single = chosen.get("methods", {}).get(SINGLE_TASK.get(encoder))
+            cells = [dataset, ENCODER_NAMES.get(encoder, encoder)]
+            cells.append(_r20_n20(results, single, SINGLE_TASK.get(encoder)) if single else "-")
+            values = {m: results[row[m]]["test_result"].get("recall@20") for m in methods if m in row}
+            cells += [_r20_n20(results, row.get(m)) for m in methods]
+            if len(header) > len(cells) + 1:
+                others = [v for m, v in values.items() if m != "pmtrec" and v]
+                mine = values.get("pmtrec")
+                cells.append(f"{100 * (mine / max(others) - 1):+.1f}%" if mine and others else "-")
+            cells.append(
+                "; ".join(
+                    f"{display_name(m)}: {knobs_text(results[row[m]]['params'])}" for m in methods if m in row
+                )
+            )
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _r20_n20(results: dict, cell_id: str | None, label: str | None = None) -> str:
+    if not cell_id or cell_id not in results:
+        return "-"
+    t = results[cell_id]["test_result"]
+    text = f"{fmt(t.get('recall@20'))} / {fmt(t.get('ndcg@20'))}"
+    return f"{label} {text}" if label else text
+
+
 # ---------------------------------------------------------------------------------------------- plots
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -229,6 +276,31 @@ def plot_sensitivity(dataset: str, results: dict, sweeps: dict, path: Path) -> P
     return _save(fig, path)
 
 
+def plot_encoders(dataset: str, results: dict, table: dict, path: Path) -> Path:
+    """Fig. 3: test Recall@20 of each method (bars) for each encoder (groups)."""
+    encoders = list(table)
+    methods = []
+    for row in table.values():
+        methods += [m for m in row if m not in methods]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(encoders))]
+        values = [
+            results[table[e][method]]["test_result"].get("recall@20", 0.0) if method in table[e] else 0.0
+            for e in encoders
+        ]
+        drawn = ax.bar(xs, values, width, label=display_name(method))
+        ax.bar_label(drawn, labels=[fmt(v) for v in values], fontsize=6, padding=2)
+    ax.set_xticks(range(len(encoders)), [ENCODER_NAMES.get(e, e) for e in encoders])
+    ax.set_ylabel("test Recall@20")
+    ax.set_title(f"{dataset}: methods per encoder")
+    ax.margins(y=0.15)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_ablation(dataset: str, results: dict, variants: dict, reference: dict, path: Path) -> Path:
     """Fig. 4: test metrics of PMTRec without focusing, without balancing, full (and EW for reference)."""
     bars = {VARIANT_NAMES[v]: results[i]["test_result"] for v, i in variants.items()}
@@ -270,6 +342,10 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
                     dataset, results, chosen["ablation"], reference, out / f"ablation_{dataset}.png"
                 )
             )
+        if chosen.get("encoders"):
+            plot_names.append(
+                plot_encoders(dataset, results, chosen["encoders"], out / f"encoders_{dataset}.png")
+            )
         if any(chosen.get("sensitivity", {}).values()):
             plot_names.append(
                 plot_sensitivity(dataset, results, chosen["sensitivity"], out / f"sensitivity_{dataset}.png")
@@ -291,6 +367,13 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
         parts += ["## Ablation (Fig. 4)\n", ablation_table(suite, ok, picks)]
     if any(c.get("sensitivity") for c in picks.values()):
         parts += ["## Sensitivity (Fig. 5)\n", sensitivity_table(ok, picks)]
+    if any(c.get("encoders") for c in picks.values()):
+        parts += [
+            "## Encoders (Fig. 3)\n",
+            "Test Recall@20 / NDCG@20 of each method with each encoder. MF is the method's tuned cell above; "
+            "the other encoders reuse its tuned knobs and search only the suite's `encoders.grid`.\n",
+            encoder_table(ok, picks),
+        ]
     parts += ["## Every cell\n", cells_table(results)]
     if plot_names:
         parts += ["## Plots\n", "\n".join(f"![{p.stem}]({p.name})" for p in plot_names) + "\n"]

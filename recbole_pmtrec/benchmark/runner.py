@@ -28,7 +28,7 @@ from recbole_pmtrec.utils import create_dataset, data_preparation, get_flops_or_
 
 def cell_command(cell: Cell) -> str:
     """The command line that runs the cell alone (``run_recbole_pmtrec.py`` with every config entry)."""
-    args = ["python", "run_recbole_pmtrec.py", f"--model={cell.model}", f"--dataset={cell.dataset}"]
+    args = ["python", "run_recbole_pmtrec.py", f"--model={cell.model}", f"--dataset={cell.recbole_dataset}"]
     for key, value in cell.config.items():
         args.append(f"--{key}={value if isinstance(value, str) else repr(value)}")
     return " ".join(_shell_quote(a) for a in args)
@@ -113,7 +113,7 @@ def _record_history(trainer) -> list[dict]:
 def run_cell(cell: Cell) -> dict:
     """Train and test one cell; returns its record (``status`` ok, with results, history and times)."""
     start = time.perf_counter()
-    config = Config(model=cell.model, dataset=cell.dataset, config_dict=dict(cell.config))
+    config = Config(model=cell.model, dataset=cell.recbole_dataset, config_dict=dict(cell.config))
     init_seed(config["seed"], config["reproducibility"])
     log_file = _init_file_logger(config)
     logger = getLogger()

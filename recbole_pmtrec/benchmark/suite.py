@@ -9,7 +9,12 @@ cells depend on the results of earlier ones:
    it has none); the best valid score picks the method's reported cell;
 3. ``ablation``: PMTRec without task focusing (alpha = 1) and without balancing (tau = 1), at the best
    tuned knobs otherwise;
-4. ``sensitivity``: PMTRec over an alpha sweep at the best tau and a tau sweep at the best alpha.
+4. ``sensitivity``: PMTRec over an alpha sweep at the best tau and a tau sweep at the best alpha;
+5. ``encoder``: the paper's Fig. 3: chosen methods (EW, PMTRec) with each other encoder (LightGCN, NGCF)
+   at their tuned settings, over the ``encoders`` section's small grid (e.g. the learning rate).
+
+A dataset entry may train on another dataset's files (``dataset: epinions`` with a k-core filter in its
+``config``): its cells carry the entry's name, RecBole loads the files of ``dataset``.
 
 A cell's id names its dataset, method and tuned knobs; the same configuration planned twice (e.g. the
 alpha = 1 sensitivity point and the no-focusing ablation) is one cell.
@@ -36,6 +41,7 @@ SHORT_NAMES = {
     "directau_gamma": "gamma",
     "pmtrec_alpha": "alpha",
     "pmtrec_tau": "tau",
+    "encoder": "enc",
 }
 
 
@@ -50,6 +56,11 @@ class Cell:
     model: str
     params: dict  # the tuned knobs of this cell (base settings and the method's own)
     config: dict  # everything passed to RecBole as config_dict
+    source: str | None = None  # the RecBole dataset whose files it loads, when not ``dataset``
+
+    @property
+    def recbole_dataset(self) -> str:
+        return self.source or self.dataset
 
 
 @dataclass
@@ -64,6 +75,7 @@ class DatasetPlan:
     paper: dict = field(default_factory=dict)  # metric -> method -> the paper's Table 2 value
     paper_ablation: dict = field(default_factory=dict)  # metric -> variant -> the paper's value
     paper_label: str | None = None  # when the paper's numbers are for another dataset
+    source: str | None = None  # RecBole dataset whose files are loaded, when not ``name``
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Suite:
     datasets: dict[str, DatasetPlan]
     ablation: list[str]
     sensitivity: dict  # datasets, pmtrec_alpha, pmtrec_tau
+    encoders: dict = field(default_factory=dict)  # datasets, encoders, methods, grid (Fig. 3)
 
     def select(self, datasets: list[str] | None = None, methods: list[str] | None = None) -> Suite:
         """The suite restricted to some datasets and methods (the base method always runs: it tunes)."""
@@ -143,6 +156,7 @@ def load_suite(name_or_path: str) -> Suite:
             paper=(paper.get(name) or {}).get("table2") or {},
             paper_ablation=(paper.get(name) or {}).get("ablation") or {},
             paper_label=(paper.get(name) or {}).get("label"),
+            source=spec.get("dataset"),
         )
         for method in plan.methods:
             method_spec(method)  # fails early on a misspelt method
@@ -156,6 +170,26 @@ def load_suite(name_or_path: str) -> Suite:
     for listed in [*ablation, *sensitivity.get("datasets", [])]:
         if listed not in datasets:
             raise ValueError(f"{where}: ablation / sensitivity dataset '{listed}' is not in datasets")
+    encoders = dict(raw.get("encoders") or {})
+    if encoders:
+        for key in ("datasets", "encoders", "methods"):
+            if not isinstance(encoders.get(key), list) or not encoders[key]:
+                raise ValueError(f"{where}: encoders.{key} must be a non-empty list")
+        for listed in encoders["datasets"]:
+            if listed not in datasets:
+                raise ValueError(f"{where}: encoders dataset '{listed}' is not in datasets")
+        for method in encoders["methods"]:
+            if not is_mtl_method(method):
+                raise ValueError(
+                    f"{where}: encoders method '{method}' is not an mtl_method ({mtl_methods()})"
+                )
+        known = ("mf", "lightgcn", "ngcf")
+        unknown = [e for e in encoders["encoders"] if e not in known]
+        if unknown:
+            raise ValueError(f"{where}: encoders {unknown} unknown; PMTRec's encoders are {list(known)}")
+        for knob, values in (encoders.get("grid") or {}).items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}: grid encoders.grid.{knob} must be a non-empty list")
     return Suite(
         name=path.stem,
         path=path,
@@ -164,6 +198,7 @@ def load_suite(name_or_path: str) -> Suite:
         datasets=datasets,
         ablation=ablation,
         sensitivity=sensitivity,
+        encoders=encoders,
     )
 
 
@@ -258,6 +293,7 @@ def make_cell(plan: DatasetPlan, stage: str, method: str, params: dict) -> Cell:
         model=model,
         params=params,
         config=config,
+        source=plan.source,
     )
 
 
@@ -284,3 +320,9 @@ def sensitivity_cells(suite: Suite, plan: DatasetPlan, best: dict) -> dict[str, 
         values = suite.sensitivity.get(knob) or []
         sweeps[knob] = [make_cell(plan, "sensitivity", "pmtrec", {**best, knob: v}) for v in values]
     return sweeps
+
+
+def encoder_cells(suite: Suite, plan: DatasetPlan, method: str, best: dict, encoder: str) -> list[Cell]:
+    """The method at its tuned knobs ``best`` with another encoder, over the ``encoders`` grid."""
+    grid = suite.encoders.get("grid") or {}
+    return [make_cell(plan, "encoder", method, {**best, "encoder": encoder, **p}) for p in grid_points(grid)]
