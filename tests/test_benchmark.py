@@ -360,3 +360,37 @@ def test_encoder_section_is_checked(tmp_path):
     path.write_text(ENCODER_SUITE.replace("methods: [ew, pmtrec]\n  grid", "methods: [BPR]\n  grid"))
     with pytest.raises(ValueError, match="BPR"):
         load_suite(str(path))
+
+
+def test_seed_stage_reports_mean_std_and_a_paired_comparison(tmp_path):
+    path = tmp_path / "seeds.yaml"
+    path.write_text(
+        FAKE_SUITE.replace("ablation: [office]", "seeds: {datasets: [office], seeds: [1, 2]}\nablation: []")
+    )
+    suite = load_suite(str(path))
+
+    def seeded(cell):
+        record = fake_runner(cell)
+        # seed 1: PMTRec loses to RLW by .02; seed 2: everything +.01; the config's seed: fake_runner
+        shift = {1: -0.02 if cell.method == "pmtrec" else 0.0, 2: 0.01}.get(cell.config.get("seed"), 0.0)
+        record["test_result"] = {k: round(v + shift, 4) for k, v in record["test_result"].items()}
+        return record
+
+    counter = CountingRunner(seeded)
+    bench = Benchmark(suite, tmp_path / "out", runner=counter, progress=False)
+    bench.run()
+    runs = bench.picks["office"]["seeds"]
+    assert set(runs) == {"ew", "BPR", "rlw", "pmtrec"} and all(len(ids) == 3 for ids in runs.values())
+    assert sum(bench.results[i]["stage"] == "seed" for i in counter.ids) == 4 * 2
+    # the fake suite sets no seed: the chosen cell runs with RecBole's default, the others with 1 and 2
+    assert {bench.results[i]["config"].get("seed") for i in runs["pmtrec"]} == {None, 1, 2}
+    write_report(suite, bench.results, bench.picks, tmp_path / "out", "cmd")
+    text = (tmp_path / "out" / "table.md").read_text()
+    # R@20: RLW .08 / .08 / .09 -> mean .0833, std .0058; PMTRec .093 / .073 / .103 -> .0897, std .0153
+    assert "| office | RLW | 3 | .0833 ± .0058 |" in text
+    assert "| office | PMTRec | 3 | .0897 ± .0153 |" in text
+    # paired: +.013, -.007, +.013 -> better in 2 of 3, mean +.0063, std .0115
+    assert (
+        "PMTRec vs RLW (the best baseline by mean R@20), paired over 3 seeds: better in 2, R@20 difference +0.0063 ± 0.0115"
+        in text
+    )

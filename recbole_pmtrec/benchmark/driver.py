@@ -22,6 +22,8 @@ from recbole_pmtrec.benchmark.suite import (
     encoder_cells,
     grid_points,
     method_cells,
+    seed_cells,
+    seed_methods,
     sensitivity_cells,
 )
 
@@ -126,6 +128,8 @@ class Benchmark:
             others = [e for e in self.suite.encoders["encoders"] if e != plan.config.get("encoder", "mf")]
             methods = [m for m in self.suite.encoders["methods"] if m in plan.methods]
             count += len(others) * len(methods) * len(grid_points(self.suite.encoders.get("grid") or {}))
+        extra = [x for x in self.suite.seeds.get("seeds", []) if x != plan.config.get("seed")]
+        count += len(extra) * len(seed_methods(self.suite, plan))
         return count
 
     def ensure(self, cell: Cell) -> dict | None:
@@ -189,6 +193,7 @@ class Benchmark:
             if best:
                 picks["methods"][method] = best["id"]
         self._run_encoders(plan, picks)
+        self._run_seeds(plan, picks)
         if "pmtrec" not in plan.methods or "pmtrec" not in picks["methods"]:
             return
         best_pmtrec = dict(self.results[picks["methods"]["pmtrec"]]["params"])
@@ -201,6 +206,19 @@ class Benchmark:
             picks["sensitivity"] = {}
             for knob, cells in sensitivity_cells(self.suite, plan, best_pmtrec).items():
                 picks["sensitivity"][knob] = [c.id for c in cells if self.ensure(c)]
+
+    def _run_seeds(self, plan: DatasetPlan, picks: dict) -> None:
+        """``picks["seeds"][method]`` = the chosen cell's id and those of its finished other-seed runs."""
+        methods = seed_methods(self.suite, plan)
+        if not methods:
+            return
+        picks["seeds"] = {}
+        for method, cell_id in list(picks["methods"].items()):
+            if method not in methods:
+                continue
+            chosen = dict(self.results[cell_id]["params"])
+            runs = [cell_id] + [c.id for c in seed_cells(self.suite, plan, method, chosen) if self.ensure(c)]
+            picks["seeds"][method] = [i for i in runs if self.results[i].get("status") == "ok"]
 
     def _run_encoders(self, plan: DatasetPlan, picks: dict) -> None:
         """Fig. 3: ``picks["encoders"][encoder][method]`` = the best cell of the method with that encoder."""
@@ -223,6 +241,9 @@ class Benchmark:
                 )
                 if best:
                     chosen[method] = best["id"]
+        picks["encoders"] = {e: row for e, row in picks["encoders"].items() if row}
+        if not picks["encoders"]:
+            del picks["encoders"]
 
 
 def _jsonable(value):

@@ -216,6 +216,58 @@ def encoder_table(results: dict, picks: dict) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(suite: Suite, results: dict, picks: dict) -> str:
+    """Mean +- sample std over seeds of each method's chosen settings; PMTRec against the MTL baseline with
+    the best mean, seed by seed (the same seeds: a paired comparison)."""
+    lines = [
+        "| dataset | method | seeds | test R@20 mean ± std | test N@20 mean ± std | test R@40 mean ± std |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for dataset, chosen in picks.items():
+        runs = chosen.get("seeds") or {}
+        means = {}
+        for method, ids in runs.items():
+            cols = []
+            for metric in ("recall@20", "ndcg@20", "recall@40"):
+                values = [results[i]["test_result"].get(metric) for i in ids if i in results]
+                values = [v for v in values if v is not None]
+                mean, std = _mean_std(values)
+                if metric == "recall@20":
+                    means[method] = mean
+                cols.append(f"{fmt(mean)} ± {fmt(std)}" if values else "-")
+            lines.append(f"| {dataset} | {display_name(method)} | {len(ids)} | " + " | ".join(cols) + " |")
+        baselines = {m: v for m, v in means.items() if m != "pmtrec" and is_mtl_method(m) and v is not None}
+        if "pmtrec" in runs and baselines:
+            best = max(baselines, key=baselines.get)
+            by_seed = {
+                results[i]["config"].get("seed"): results[i]["test_result"]["recall@20"] for i in runs[best]
+            }
+            mine = {
+                results[i]["config"].get("seed"): results[i]["test_result"]["recall@20"]
+                for i in runs["pmtrec"]
+            }
+            common = [x for x in mine if x in by_seed]
+            wins = sum(mine[x] > by_seed[x] for x in common)
+            diffs = [mine[x] - by_seed[x] for x in common]
+            mean, std = _mean_std(diffs)
+            notes.append(
+                f"{dataset}: PMTRec vs {display_name(best)} (the best baseline by mean R@20), paired over "
+                f"{len(common)} seeds: better in {wins}, R@20 difference {mean:+.4f} ± {std:.4f} "
+                f"({100 * (means['pmtrec'] / baselines[best] - 1):+.1f}% of the means)."
+            )
+    return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def _r20_n20(results: dict, cell_id: str | None, label: str | None = None) -> str:
     if not cell_id or cell_id not in results:
         return "-"
@@ -373,6 +425,13 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
             "Test Recall@20 / NDCG@20 of each method with each encoder. MF is the method's tuned cell above; "
             "the other encoders reuse its tuned knobs and search only the suite's `encoders.grid`.\n",
             encoder_table(ok, picks),
+        ]
+    if any(c.get("seeds") for c in picks.values()):
+        parts += [
+            "## Seeds\n",
+            "Each method's chosen settings (above) trained again with other seeds (the random split where the "
+            "dataset has one, initialisation and sampling follow the seed); test metrics over all seeds.\n",
+            seeds_table(suite, ok, picks),
         ]
     parts += ["## Every cell\n", cells_table(results)]
     if plot_names:

@@ -11,7 +11,8 @@ cells depend on the results of earlier ones:
    tuned knobs otherwise;
 4. ``sensitivity``: PMTRec over an alpha sweep at the best tau and a tau sweep at the best alpha;
 5. ``encoder``: the paper's Fig. 3: chosen methods (EW, PMTRec) with each other encoder (LightGCN, NGCF)
-   at their tuned settings, over the ``encoders`` section's small grid (e.g. the learning rate).
+   at their tuned settings, over the ``encoders`` section's small grid (e.g. the learning rate);
+6. ``seed``: each method's chosen cell again with other seeds (the ``seeds`` section), for mean / std.
 
 A dataset entry may train on another dataset's files (``dataset: epinions`` with a k-core filter in its
 ``config``): its cells carry the entry's name, RecBole loads the files of ``dataset``.
@@ -42,6 +43,7 @@ SHORT_NAMES = {
     "pmtrec_alpha": "alpha",
     "pmtrec_tau": "tau",
     "encoder": "enc",
+    "seed": "seed",
 }
 
 
@@ -88,6 +90,7 @@ class Suite:
     ablation: list[str]
     sensitivity: dict  # datasets, pmtrec_alpha, pmtrec_tau
     encoders: dict = field(default_factory=dict)  # datasets, encoders, methods, grid (Fig. 3)
+    seeds: dict = field(default_factory=dict)  # seeds (besides the config's), datasets: {name: methods}
 
     def select(self, datasets: list[str] | None = None, methods: list[str] | None = None) -> Suite:
         """The suite restricted to some datasets and methods (the base method always runs: it tunes)."""
@@ -190,6 +193,19 @@ def load_suite(name_or_path: str) -> Suite:
         for knob, values in (encoders.get("grid") or {}).items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: grid encoders.grid.{knob} must be a non-empty list")
+    seeds = dict(raw.get("seeds") or {})
+    if seeds:
+        if not isinstance(seeds.get("seeds"), list) or not all(isinstance(x, int) for x in seeds["seeds"]):
+            raise ValueError(f"{where}: seeds.seeds must be a list of integers")
+        listed = seeds.get("datasets") or []
+        if isinstance(listed, list):  # a list: every method; a mapping: dataset -> its methods (null: all)
+            listed = {name: None for name in listed}
+        seeds["datasets"] = listed
+        for name, methods in listed.items():
+            if name not in datasets:
+                raise ValueError(f"{where}: seeds dataset '{name}' is not in datasets")
+            for method in methods or []:
+                method_spec(method)
     return Suite(
         name=path.stem,
         path=path,
@@ -199,6 +215,7 @@ def load_suite(name_or_path: str) -> Suite:
         ablation=ablation,
         sensitivity=sensitivity,
         encoders=encoders,
+        seeds=seeds,
     )
 
 
@@ -326,3 +343,21 @@ def encoder_cells(suite: Suite, plan: DatasetPlan, method: str, best: dict, enco
     """The method at its tuned knobs ``best`` with another encoder, over the ``encoders`` grid."""
     grid = suite.encoders.get("grid") or {}
     return [make_cell(plan, "encoder", method, {**best, "encoder": encoder, **p}) for p in grid_points(grid)]
+
+
+def seed_methods(suite: Suite, plan: DatasetPlan) -> list[str]:
+    """The dataset's methods that the ``seeds`` section runs again (none when it does not list the dataset)."""
+    listed = suite.seeds.get("datasets") or {}
+    if plan.name not in listed:
+        return []
+    return [m for m in plan.methods if not listed[plan.name] or m in listed[plan.name]]
+
+
+def seed_cells(suite: Suite, plan: DatasetPlan, method: str, chosen: dict) -> list[Cell]:
+    """The method's chosen cell (knobs ``chosen``) with each of the ``seeds`` section's other seeds."""
+    own = plan.config.get("seed")
+    return [
+        make_cell(plan, "seed", method, {**chosen, "seed": seed})
+        for seed in suite.seeds.get("seeds", [])
+        if seed != own
+    ]
