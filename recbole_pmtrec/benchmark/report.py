@@ -328,29 +328,39 @@ def plot_sensitivity(dataset: str, results: dict, sweeps: dict, path: Path) -> P
     return _save(fig, path)
 
 
-def plot_encoders(dataset: str, results: dict, table: dict, path: Path) -> Path:
-    """Fig. 3: test Recall@20 of each method (bars) for each encoder (groups)."""
-    encoders = list(table)
-    methods = []
-    for row in table.values():
-        methods += [m for m in row if m not in methods]
+def grouped_bars(groups: list[str], series: dict, ylabel: str, title: str, path: Path, rotate=False) -> Path:
+    """One bar per series in each group, its value written on it; ``series``: name -> one value per group."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    width = 0.8 / max(len(methods), 1)
-    for j, method in enumerate(methods):
-        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(encoders))]
-        values = [
-            results[table[e][method]]["test_result"].get("recall@20", 0.0) if method in table[e] else 0.0
-            for e in encoders
-        ]
-        drawn = ax.bar(xs, values, width, label=display_name(method))
-        ax.bar_label(drawn, labels=[fmt(v) for v in values], fontsize=6, padding=2)
-    ax.set_xticks(range(len(encoders)), [ENCODER_NAMES.get(e, e) for e in encoders])
-    ax.set_ylabel("test Recall@20")
-    ax.set_title(f"{dataset}: methods per encoder")
+    width = 0.8 / max(len(series), 1)
+    for j, (name, values) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        drawn = ax.bar(xs, values, width, label=name)
+        ax.bar_label(
+            drawn, labels=[fmt(v) for v in values], fontsize=6, padding=2, rotation=90 if rotate else 0
+        )
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.margins(y=0.15)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_encoders(dataset: str, results: dict, table: dict, path: Path) -> Path:
+    """Fig. 3: test Recall@20 of each method (bars) for each encoder (groups)."""
+    methods = []
+    for row in table.values():
+        methods += [m for m in row if m not in methods]
+    series = {
+        display_name(m): [
+            results[row[m]]["test_result"].get("recall@20", 0.0) if m in row else 0.0
+            for row in table.values()
+        ]
+        for m in methods
+    }
+    groups = [ENCODER_NAMES.get(e, e) for e in table]
+    return grouped_bars(groups, series, "test Recall@20", f"{dataset}: methods per encoder", path)
 
 
 def plot_ablation(dataset: str, results: dict, variants: dict, reference: dict, path: Path) -> Path:
@@ -359,20 +369,9 @@ def plot_ablation(dataset: str, results: dict, variants: dict, reference: dict, 
     if reference:
         bars = {"EW": reference, **bars}
     metrics = ["recall@20", "ndcg@20", "recall@40"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    width = 0.8 / max(len(bars), 1)
-    for j, (name, result) in enumerate(bars.items()):
-        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(metrics))]
-        values = [result.get(m, 0.0) for m in metrics]
-        bars_drawn = ax.bar(xs, values, width, label=name)
-        ax.bar_label(bars_drawn, labels=[fmt(v) for v in values], fontsize=6, rotation=90, padding=2)
-    ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
-    ax.set_ylabel("test")
-    ax.set_title(f"{dataset}: ablation of PMTRec")
-    ax.margins(y=0.15)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    series = {name: [result.get(m, 0.0) for m in metrics] for name, result in bars.items()}
+    groups = [metric_label(m) for m in metrics]
+    return grouped_bars(groups, series, "test", f"{dataset}: ablation of PMTRec", path, rotate=True)
 
 
 # ---------------------------------------------------------------------------------------------- files
