@@ -394,3 +394,16 @@ def test_seed_stage_reports_mean_std_and_a_paired_comparison(tmp_path):
         "PMTRec vs RLW (the best baseline by mean R@20), paired over 3 seeds: better in 2, R@20 difference +0.0063 ± 0.0115"
         in text
     )
+
+
+def test_seeds_section_is_checked(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(FAKE_SUITE + "seeds: {seeds: [1], datasets: [epinions]}\n")
+    with pytest.raises(ValueError, match="seeds dataset 'epinions'"):
+        load_suite(str(path))
+    path.write_text(FAKE_SUITE + "seeds: {seeds: [1.5], datasets: [office]}\n")
+    with pytest.raises(ValueError, match="list of integers"):
+        load_suite(str(path))
+    path.write_text(FAKE_SUITE + "seeds: {seeds: [1], datasets: {office: [ew, pcgrd]}}\n")
+    with pytest.raises(ValueError, match="pcgrd"):
+        load_suite(str(path))
