@@ -89,3 +89,48 @@ def test_pmtrec_end_to_end_on_ml100k(fast_config):
 
     config, model, *_ = load_data_and_model(result["saved_model_file"])
     assert config["mtl_method"] == "pmtrec" and isinstance(model, PMTRec)
+
+
+def _train(tmp_path, name, epochs, resume_from=None):
+    """PMTRec on ml-100k (main + category: RecBole's negative sampler, the loader's shuffle and the auxiliary
+    sampler all draw random numbers) for ``epochs`` epochs, seeded as run_recbole_pmtrec seeds it."""
+    from recbole.utils import init_seed
+
+    from recbole_pmtrec.utils import get_trainer
+
+    config = Config(
+        "PMTRec",
+        "ml-100k",
+        config_dict={
+            "state": "ERROR",
+            "show_progress": False,
+            "aux_tasks": ["category"],
+            "mtl_method": "pmtrec",
+            "epochs": epochs,
+            "train_batch_size": 8192,
+            "checkpoint_dir": str(tmp_path / name),
+            "use_gpu": False,
+        },
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = PMTRec(config, train_data._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "PMTRec")(config, model)
+    if resume_from:
+        trainer.resume_checkpoint(resume_from)
+        # a different global random state than the interrupted run had: the checkpoint must restore it
+        torch.manual_seed(12345)
+    trainer.fit(train_data, None, saved=True, show_progress=False)
+    return trainer, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    _, straight = _train(tmp_path, "straight", epochs=3)
+    interrupted, _ = _train(tmp_path, "first", epochs=2)
+    resumed, after = _train(tmp_path, "resumed", epochs=3, resume_from=interrupted.saved_model_file)
+    assert resumed.start_epoch == 2
+    assert set(after) == set(straight)
+    for key in straight:
+        torch.testing.assert_close(after[key], straight[key], rtol=0, atol=0, msg=key)

@@ -15,8 +15,9 @@ are RecBole's. One step:
 5. the optimizer steps.
 
 The epoch number s of PMTRec's Task Focusing is ``epoch_idx + 1``; RecBole's ``resume_checkpoint`` restarts
-``epoch_idx`` after the saved epoch, so s continues after a resume. The combiner's state is saved in the
-checkpoint and restored with it.
+``epoch_idx`` after the saved epoch, so s continues after a resume. The combiner's state and the random
+state of the run (``trainer/rng.py``: global generators, the training loader's, the auxiliary sampler's)
+are saved in the checkpoint and restored with it, so a resumed run trains exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_pmtrec.compat import load_checkpoint, save_checkpoint
+from recbole_pmtrec.trainer import rng
 from recbole_pmtrec.trainer.combiners import build_combiner
 
 
@@ -47,6 +49,8 @@ class MultiTaskTrainer(Trainer):
         table_ids = {id(p) for p in self.tables.values()}
         self.dense_params = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
         self._weight_sums: dict = {}  # per table: sum, sum of squares, count of per-row task weights (epoch)
+        self._train_loader = None  # the loader of the running fit (its generator goes into checkpoints)
+        self._pending_loader_rng = None  # a resumed checkpoint's loader state, applied at the next epoch
         self.logger.info(f"multi-task: tasks {self.task_names}, combiner {self.combiner}")
 
     # ------------------------------------------------------------------------------------------ step
@@ -185,6 +189,10 @@ class MultiTaskTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ epoch
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
+        self._train_loader = train_data
+        if self._pending_loader_rng is not None:
+            rng.restore_loader(self._pending_loader_rng, train_data)
+            self._pending_loader_rng = None
         epoch = epoch_idx + 1
         self._weight_sums = {}
         iter_data = (
@@ -261,6 +269,7 @@ class MultiTaskTrainer(Trainer):
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "combiner": self.combiner.state_dict(),
+            "rng": rng.capture(self._train_loader, self.model),
         }
         save_checkpoint(state, saved_model_file)
         if verbose:
@@ -271,3 +280,6 @@ class MultiTaskTrainer(Trainer):
         checkpoint = load_checkpoint(str(resume_file), map_location=self.device)
         if "combiner" in checkpoint:
             self.combiner.load_state_dict(checkpoint["combiner"])
+        if "rng" in checkpoint:
+            rng.restore_global(checkpoint["rng"], self.model)
+            self._pending_loader_rng = checkpoint["rng"]
