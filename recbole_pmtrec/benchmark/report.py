@@ -99,11 +99,15 @@ def table2(suite: Suite, results: dict, picks: dict) -> str:
                     text += f" ({fmt(paper)})"
                 row.append(text)
             if len(header) > len(row):
-                others = [v for m, v in ours.items() if m in baselines and v]
-                mine = ours.get("pmtrec")
-                row.append(f"{100 * (mine / max(others) - 1):+.1f}%" if mine is not None and others else "-")
+                row.append(_lead(ours.get("pmtrec"), [v for m, v in ours.items() if m in baselines]))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _lead(mine: float | None, others: list) -> str:
+    """PMTRec's value relative to the best of ``others`` (``-`` when either side is missing)."""
+    others = [v for v in others if v]
+    return f"{100 * (mine / max(others) - 1):+.1f}%" if mine is not None and others else "-"
 
 
 def selected_table(suite: Suite, results: dict, picks: dict) -> str:
@@ -203,9 +207,7 @@ def encoder_table(results: dict, picks: dict) -> str:
             values = {m: results[row[m]]["test_result"].get("recall@20") for m in methods if m in row}
             cells += [_r20_n20(results, row.get(m)) for m in methods]
             if len(header) > len(cells) + 1:
-                others = [v for m, v in values.items() if m != "pmtrec" and v]
-                mine = values.get("pmtrec")
-                cells.append(f"{100 * (mine / max(others) - 1):+.1f}%" if mine and others else "-")
+                cells.append(_lead(values.get("pmtrec"), [v for m, v in values.items() if m != "pmtrec"]))
             cells.append(
                 "; ".join(
                     f"{display_name(m)}: {knobs_text(results[row[m]]['params'])}" for m in methods if m in row

@@ -186,10 +186,12 @@ def load_suite(name_or_path: str) -> Suite:
                 raise ValueError(
                     f"{where}: encoders method '{method}' is not an mtl_method ({mtl_methods()})"
                 )
-        known = ("mf", "lightgcn", "ngcf")
-        unknown = [e for e in encoders["encoders"] if e not in known]
+        import recbole_pmtrec.model  # noqa: F401  (registers the graph encoders)
+        from recbole_pmtrec.model.encoders import ENCODERS
+
+        unknown = [e for e in encoders["encoders"] if e not in ENCODERS]
         if unknown:
-            raise ValueError(f"{where}: encoders {unknown} unknown; PMTRec's encoders are {list(known)}")
+            raise ValueError(f"{where}: encoders {unknown} unknown; PMTRec's encoders are {sorted(ENCODERS)}")
         for knob, values in (encoders.get("grid") or {}).items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: grid encoders.grid.{knob} must be a non-empty list")
