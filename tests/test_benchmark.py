@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from recbole_pmtrec.benchmark import runner as cell_runner
 from recbole_pmtrec.benchmark.__main__ import main
 from recbole_pmtrec.benchmark.driver import Benchmark
-from recbole_pmtrec.benchmark.report import table2, write_report
+from recbole_pmtrec.benchmark.report import cells_table, table2, write_report
 from recbole_pmtrec.benchmark.suite import load_suite, method_spec, suites
 from recbole_pmtrec.quick_start import run_recbole_pmtrec
 
@@ -263,6 +265,50 @@ def test_resume_reruns_a_cell_whose_config_changed(fake_suite, tmp_path):
     again = CountingRunner(fake_runner)
     Benchmark(fake_suite, out, resume=True, runner=again, progress=False).run()
     assert len(again.ids) == 10
+
+
+def test_workers_sharing_out_leave_claimed_cells_and_take_over_dead_claims(fake_suite, tmp_path):
+    out = tmp_path / "out"
+    first = Benchmark(fake_suite, out, runner=fake_runner, progress=False)
+    first.run()
+    cells = out / "cells"
+    rlw = next(p.stem for p in cells.glob("*__rlw__*.json"))
+    (cells / f"{rlw}.json").unlink()  # RLW not finished: a live worker (this process) holds it
+    (cells / f"{rlw}.claim").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    again = CountingRunner(fake_runner)
+    bench = Benchmark(fake_suite, out, resume=True, runner=again, progress=False)
+    bench.run()
+    assert again.ids == [] and bench.elsewhere == [rlw] and bench.missing == [rlw]
+    assert "rlw" not in bench.picks["office"]["methods"]
+    # the claim's process has ended (crashed, killed): the cell is taken over, and the claim removed after
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (cells / f"{rlw}.claim").write_text(json.dumps({"host": socket.gethostname(), "pid": ended.pid}))
+    Benchmark(fake_suite, out, resume=True, runner=again, progress=False).run()
+    assert again.ids == [rlw] and not list(cells.glob("*.claim"))
+
+
+def test_device_settings_reach_the_runner_but_not_the_cell(fake_suite, tmp_path):
+    seen = []
+
+    def runner(cell):
+        seen.append(cell.config)
+        return {**fake_runner(cell), "environment": {"device": "cuda:1"}}
+
+    out = tmp_path / "out"
+    Benchmark(fake_suite, out, runner=fake_runner, progress=False).run()
+    cpu = {p.name: json.loads(p.read_text())["config"] for p in (out / "cells").glob("*.json")}
+    gpu_out = tmp_path / "gpu"
+    Benchmark(
+        fake_suite, gpu_out, runner=runner, progress=False, device={"use_gpu": True, "gpu_id": "1"}
+    ).run()
+    assert seen and all(c["use_gpu"] is True and c["gpu_id"] == "1" for c in seen)
+    gpu = {p.name: json.loads(p.read_text())["config"] for p in (gpu_out / "cells").glob("*.json")}
+    assert gpu == cpu  # the same cells: a CPU run resumes from a GPU run's records and the other way round
+    bench = Benchmark(fake_suite, gpu_out, resume=True, run_cells=False, progress=False)
+    bench.run()
+    table = cells_table(bench.results)  # GPU wall times are marked: they do not compare with CPU ones
+    assert table.count(" | 1 (cuda) |") == len(seen) and "(0.00 h of it on cuda)" in table
 
 
 def test_shipped_suites_load_with_known_methods_and_the_papers_numbers():

@@ -3,6 +3,8 @@
 
 Trains every cell of a suite (one process, one thread by default), writing each finished cell to
 ``<out>/cells/<id>.json`` at once, then ``<out>/table.md``, ``<out>/commands.md`` and PNG plots.
+Several processes may share one ``--out`` with ``--resume`` (say one per GPU, ``--gpu 0``, ``--gpu 1``):
+each trains the cells no other live process has claimed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cells again")
     parser.add_argument("--report-only", action="store_true", help="write the report from --out's cells only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--gpu",
+        nargs="?",
+        const="0",
+        metavar="ID",
+        help="train on this CUDA device (default 0); the cells stay the suite's (their records say where they ran)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> Benchmark:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         run_cells=not args.report_only,
+        device={"use_gpu": True, "gpu_id": args.gpu} if args.gpu is not None else None,
     )
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: keep ours away from it
     bench.run()

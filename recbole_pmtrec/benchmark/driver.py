@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -55,6 +57,46 @@ class CellStore:
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.dir.glob("*.json"))
 
+    # Several processes may share one ``out`` (one per GPU, or a few per machine): each claims a cell before
+    # training it, and a worker that finds a cell claimed by another live process leaves it to that one.
+    def claim(self, cell_id: str) -> bool:
+        """True when this process now owns the cell (``<id>.claim`` created); False when a live process does."""
+        path = self.dir / f"{cell_id}.claim"
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale(path):
+                    return False
+                path.unlink(missing_ok=True)  # its process is gone (killed, crashed): take the cell over
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(owner, f)
+            return True
+        return False
+
+    def release(self, cell_id: str) -> None:
+        (self.dir / f"{cell_id}.claim").unlink(missing_ok=True)
+
+    @staticmethod
+    def _stale(path: Path) -> bool:
+        """A claim of a process of this machine that no longer runs (another machine's claim is trusted)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                owner = json.load(f)
+        except (OSError, ValueError):
+            return False  # being written right now
+        if owner.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
 
 def best_record(records: list[dict]) -> dict | None:
     """The record with the highest valid score among those that finished (the first of ties)."""
@@ -67,7 +109,10 @@ class Benchmark:
 
     ``runner(cell) -> record`` trains one cell (default ``runner.run_cell_safely``, looked up at each call). With ``resume``,
     a cell whose record exists with the same config is not run again (nor is a failed one unless
-    ``retry_failed``); without it an ``out`` that already holds cells is refused.
+    ``retry_failed``); without it an ``out`` that already holds cells is refused. ``device`` (config entries
+    such as ``use_gpu``) applies to every cell this process trains without being part of the cell: a cell
+    run on a GPU is the same cell as on a CPU (its record's ``environment`` says where it ran). A cell that
+    another live process has claimed (another worker on the same ``out``) is left to it and counted missing.
     """
 
     def __init__(
@@ -80,8 +125,10 @@ class Benchmark:
         runner: Callable[[Cell], dict] | None = None,
         progress: bool = True,
         run_cells: bool = True,
+        device: dict | None = None,
     ):
         self.suite = suite
+        self.device = dict(device or {})
         self.out = Path(out)
         self.store = CellStore(self.out)
         if self.store.ids() and not (resume or overwrite) and run_cells:
@@ -97,6 +144,7 @@ class Benchmark:
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.missing: list[str] = []
+        self.elsewhere: list[str] = []  # claimed by another worker
         self.picks: dict[str, dict] = {}  # dataset -> {base, methods: {method: id}, ablation, sensitivity}
         self.bar = None
         self.progress = progress
@@ -154,9 +202,21 @@ class Benchmark:
             self.skipped.append(cell.id)
             self.bar.update(1)
             return stored
+        if not self.store.claim(cell.id):
+            self.missing.append(cell.id)
+            self.elsewhere.append(cell.id)
+            self.bar.update(1)
+            return None
+        try:
+            return self._train(cell)
+        finally:
+            self.store.release(cell.id)
+
+    def _train(self, cell: Cell) -> dict:
         self.bar.set_postfix_str(cell.id)
         started = datetime.now().isoformat(timespec="seconds")
-        outcome = (self.runner or cell_runner.run_cell_safely)(cell)
+        run = dataclasses.replace(cell, config={**cell.config, **self.device}) if self.device else cell
+        outcome = (self.runner or cell_runner.run_cell_safely)(run)
         record = {
             "id": cell.id,
             "suite": self.suite.name,
@@ -255,6 +315,8 @@ def summary_line(bench: Benchmark, seconds: float) -> str:
     text = f"{len(bench.ran)} cells run, {len(bench.skipped)} reused from {bench.store.dir}"
     if bench.missing:
         text += f", {len(bench.missing)} not run yet"
+    if bench.elsewhere:
+        text += f" ({len(bench.elsewhere)} of them being run by another worker)"
     failed = [i for i, r in bench.results.items() if r.get("status") != "ok"]
     if failed:
         text += f", {len(failed)} failed ({', '.join(failed)})"

@@ -141,12 +141,24 @@ def cells_table(results: dict) -> str:
         lines.append(
             f"| {r['dataset']} | {r['stage']} | {display_name(r['method'])} | {knobs_text(r['params'])} | "
             f"{fmt(r['best_valid_score'])} | {fmt(r['test_result'].get('recall@20'))} | "
-            f"{fmt(r['test_result'].get('ndcg@20'))} | {r['best_epoch']} / {r['epochs_run']} | {r['wall_s']:.0f} |"
+            f"{fmt(r['test_result'].get('ndcg@20'))} | {r['best_epoch']} / {r['epochs_run']} | "
+            f"{r['wall_s']:.0f}{'' if _device(r) == 'cpu' else f' ({_device(r)})'} |"
         )
     total = sum(r.get("wall_s", 0.0) for r in results.values())
-    return (
-        "\n".join(lines) + f"\n\n{len(results)} cells, {total / 3600:.2f} h of training wall time in all.\n"
-    )
+    text = f"\n\n{len(results)} cells, {total / 3600:.2f} h of training wall time in all"
+    elsewhere = {}
+    for r in results.values():
+        if _device(r) != "cpu":
+            elsewhere[_device(r)] = elsewhere.get(_device(r), 0.0) + r.get("wall_s", 0.0)
+    if elsewhere:  # wall times of cells that ran on a GPU are not comparable with the others
+        text += " (" + ", ".join(f"{s / 3600:.2f} h of it on {d}" for d, s in sorted(elsewhere.items())) + ")"
+    return "\n".join(lines) + text + ".\n"
+
+
+def _device(record: dict) -> str:
+    """Where the cell ran (``cpu``, ``cuda``, ...; records without an environment: ``cpu``)."""
+    device = str((record.get("environment") or {}).get("device", "cpu"))
+    return device.split(":")[0]
 
 
 def ablation_table(suite: Suite, results: dict, picks: dict) -> str:
