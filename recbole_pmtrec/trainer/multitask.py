@@ -182,8 +182,9 @@ class MultiTaskTrainer(Trainer):
                 self.dense_params[key].grad = part.detach()
 
     def _check_task_losses(self, losses: torch.Tensor, epoch: int) -> None:
-        bad = [name for name, loss in zip(self.task_names, losses.detach()) if not torch.isfinite(loss)]
-        if bad:
+        finite = torch.isfinite(losses.detach())
+        if not bool(finite.all()):  # one device sync per step, not one per task
+            bad = [name for name, ok in zip(self.task_names, finite.tolist()) if not ok]
             raise ValueError(f"Training loss is not finite for task(s) {bad} at epoch {epoch}")
 
     # ------------------------------------------------------------------------------------------ epoch
@@ -218,12 +219,13 @@ class MultiTaskTrainer(Trainer):
         weights = getattr(self.combiner, "last_weights", None)
         if weights is None:
             return
+        # masked sums rather than weights[:, active]: no device sync in the step (a GPU keeps its queue)
         active = touched.any(dim=0)
-        w = weights[:, active].double()
+        w = weights.double() * active
         sums = self._weight_sums.setdefault(table, [0.0, 0.0, 0, 0.0, 0])
         sums[0] = sums[0] + w.sum(dim=1)
         sums[1] = sums[1] + (w * w).sum(dim=1)
-        sums[2] += int(active.sum())
+        sums[2] = sums[2] + active.sum()
         norms = getattr(self.combiner, "last_norms", None)
         if norms is not None:  # mean norm over the rows each task touched: the scale tau acts on
             sums[3] = sums[3] + (norms * touched).sum(dim=1).double()
@@ -237,7 +239,7 @@ class MultiTaskTrainer(Trainer):
         for name, loss in zip(self.task_names, mean_losses.tolist()):
             self.tensorboard.add_scalar(f"TaskLoss/{name}", loss, epoch_idx)
         for table, (s, ss, n, norm_sum, norm_count) in self._weight_sums.items():
-            if n == 0:
+            if int(n) == 0:
                 continue
             mean = s / n
             std = (ss / n - mean * mean).clamp_min(0).sqrt()
