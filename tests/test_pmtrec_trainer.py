@@ -145,6 +145,32 @@ def test_trainer_update_equals_dense_algorithm1(mode, alpha, tau, epoch):
 
 
 @pytest.mark.parametrize("mode", ["dense", "unique"])
+def test_logged_row_weights_are_means_over_touched_rows(mode):
+    """The epoch log's per-task row weights (sums kept on the device across steps) against numpy."""
+    model = ToyMultiTask(seed=5)
+    alpha, tau, epoch = 1.1, 0.5, 2
+    trainer = _trainer(model, pmtrec_alpha=alpha, pmtrec_tau=tau, row_grad_mode=mode)
+    for _ in range(2):  # learning rate 0: both steps see the same weights
+        trainer.optimizer.zero_grad()
+        trainer.train_step(Interaction({}), epoch)
+    user, item, bias = (p.detach().clone().requires_grad_(True) for p in (model.user, model.item, model.bias))
+    losses = task_losses(user, item, bias)
+    for k, name in enumerate(["user", "item"]):
+        table = (user, item)[k]
+        grads = [torch.autograd.grad(loss, table, allow_unused=True, retain_graph=True)[0] for loss in losses]
+        g = np.stack([np.zeros(table.shape) if x is None else x.numpy() for x in grads])
+        norms = np.linalg.norm(g, axis=2)
+        norms[0] *= alpha**epoch
+        w = np.exp(norms / tau - (norms / tau).max(0))
+        w /= w.sum(0)
+        active = (np.linalg.norm(g, axis=2) > 0).any(0)
+        total, squares, count = trainer._weight_sums[name][:3]
+        assert int(count) == 2 * active.sum() and active.sum() < len(active)  # some rows untouched
+        np.testing.assert_allclose(total.numpy(), 2 * w[:, active].sum(1), atol=1e-9)
+        np.testing.assert_allclose(squares.numpy(), 2 * (w[:, active] ** 2).sum(1), atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["dense", "unique"])
 def test_skip_untouched_option_equals_reference(mode):
     model = ToyMultiTask(seed=3)
     trainer = _trainer(
