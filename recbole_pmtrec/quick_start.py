@@ -15,7 +15,14 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_pmtrec.compat import load_checkpoint
 from recbole_pmtrec.config import Config
-from recbole_pmtrec.utils import create_dataset, data_preparation, get_flops_or_none, get_model, get_trainer
+from recbole_pmtrec.utils import (
+    close_tensorboard,
+    create_dataset,
+    data_preparation,
+    get_flops_or_none,
+    get_model,
+    get_trainer,
+)
 
 
 def run_recbole_pmtrec(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
@@ -43,6 +50,7 @@ def run_recbole_pmtrec(model=None, dataset=None, config_file_list=None, config_d
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    close_tensorboard(trainer)
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -74,6 +82,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
     test_result = trainer.evaluate(test_data, load_best_model=saved)
+    close_tensorboard(trainer)
     return {
         "model": config["model"],
         "best_valid_score": best_valid_score,

@@ -118,3 +118,12 @@ def get_flops_or_none(model, dataset, device, transform):
     except Exception as err:  # thop traces arbitrary forwards; a failure must not stop training
         logger.warning(f"FLOPs not counted for {type(model).__name__}: {err}")
         return None
+
+
+def close_tensorboard(trainer) -> None:
+    """Flush and close the trainer's TensorBoard writer (RecBole never does): one process that trains many
+    runs (tuning, the benchmark) would otherwise keep a writer thread and an open file per run, and a
+    writer flushing after the working directory changed fails on its relative ``log_tensorboard`` path."""
+    writer = getattr(trainer, "tensorboard", None)
+    if writer is not None:
+        writer.close()

@@ -53,8 +53,15 @@ def test_bpr_through_plugin_equals_recbole_pipeline(fast_config):
 
 
 def test_lightgcn_runs_with_scipy_shim(fast_config):
+    import threading
+
+    def writers():  # TensorBoard's background writer threads
+        return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
+
+    before = len(writers())
     result = run_recbole_pmtrec("LightGCN", "ml-100k", config_dict=fast_config, saved=False)
     assert result["test_result"]["recall@10"] > 0
+    assert len(writers()) == before  # the run closed its TensorBoard writer (RecBole leaves it open)
 
 
 def test_ml100k_genres_load_as_token_seq(fast_config):

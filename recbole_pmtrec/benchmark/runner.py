@@ -23,7 +23,14 @@ from recbole.utils import init_logger, init_seed
 
 from recbole_pmtrec.benchmark.suite import Cell
 from recbole_pmtrec.config import Config
-from recbole_pmtrec.utils import create_dataset, data_preparation, get_flops_or_none, get_model, get_trainer
+from recbole_pmtrec.utils import (
+    close_tensorboard,
+    create_dataset,
+    data_preparation,
+    get_flops_or_none,
+    get_model,
+    get_trainer,
+)
 
 
 def cell_command(cell: Cell) -> str:
@@ -132,6 +139,7 @@ def run_cell(cell: Cell) -> dict:
     test_start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     test_s = time.perf_counter() - test_start
+    close_tensorboard(trainer)
     if os.path.exists(trainer.saved_model_file):
         os.remove(trainer.saved_model_file)
 
