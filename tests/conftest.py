@@ -31,7 +31,21 @@ def shared_data_dir() -> Path:
 def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [sys.argv[0]])
     monkeypatch.chdir(tmp_path)
+    # RecBole's trainers open a TensorBoard writer (relative path) and never close it: close the ones a test
+    # made (RecBole's own functions included) while its folder is still the working directory
+    from torch.utils.tensorboard import SummaryWriter
+
+    writers = []
+    original = SummaryWriter.__init__
+
+    def remembered(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        writers.append(self)
+
+    monkeypatch.setattr(SummaryWriter, "__init__", remembered)
     yield
+    for writer in writers:
+        writer.close()
 
 
 @pytest.fixture
