@@ -24,8 +24,9 @@ class Config(RecBoleConfig):
     """RecBole's ``Config`` with the plugin's yamls layered in RecBole's own order.
 
     Precedence, lowest first: RecBole overall < plugin overall (and combiners.yaml) < RecBole model < plugin model <
-    RecBole sample < RecBole dataset < plugin dataset < (model-type presets) < config files <
-    config dict < command line. Model names resolve in the plugin first, then in RecBole.
+    RecBole sample < RecBole dataset < plugin dataset < the dataset folder's ``<data_path>/<dataset>/<dataset>.yaml``
+    (written there by the converters) < (model-type presets) < config files < config dict < command line.
+    Model names resolve in the plugin first, then in RecBole.
     """
 
     def _get_model_and_dataset(self, model, dataset):
@@ -50,6 +51,21 @@ class Config(RecBoleConfig):
     def _update_internal_config_dict(self, file):
         self._recbole_files.append(os.path.realpath(file))
         return super()._update_internal_config_dict(file)
+
+    def _dataset_folder_yaml(self, dataset) -> str:
+        """``<data_path>/<dataset>/<dataset>.yaml``: the folder RecBole will read the atomic files from
+        (``data_path`` from the config files / dict / command line, else RecBole's ``dataset/``; ml-100k is
+        always read from RecBole's own copy), relative paths taken from the current directory as RecBole does."""
+        if dataset == "ml-100k":
+            folder = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset)
+        else:
+            data_path = (
+                self.external_config_dict.get("data_path")
+                or self.internal_config_dict.get("data_path")  # RecBole's overall.yaml: dataset/
+                or "dataset/"
+            )
+            folder = os.path.join(data_path, dataset)
+        return os.path.realpath(os.path.join(folder, f"{dataset}.yaml"))
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         self._recbole_files: list[str] = []
@@ -77,12 +93,16 @@ class Config(RecBoleConfig):
             if file == rb["dataset"] or (file == rb["sample"] and rb["dataset"] not in self._recbole_files):
                 order.append(plugin["dataset"])
 
+        # the dataset folder's own yaml (a converter writes it beside the atomic files), above the shipped one
+        beside = self._dataset_folder_yaml(dataset)
+        at = order.index(plugin["dataset"]) + 1 if plugin["dataset"] in order else len(order)
+        order.insert(at, beside)
         self.internal_config_dict = {}
         for file in order:
             if not os.path.isfile(file):
                 continue
             loaded = RecBoleConfig._update_internal_config_dict(self, file)
-            if file == plugin["dataset"] and loaded:
+            if file in (plugin["dataset"], beside) and loaded:
                 self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
         del self._recbole_files

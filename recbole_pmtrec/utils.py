@@ -93,12 +93,39 @@ def _dataset_class(config) -> type | None:
     return None
 
 
+def recbole_dataset_class(config) -> type:
+    """The dataset class RecBole's own ``create_dataset`` would build for this config."""
+    dataset_module = importlib.import_module("recbole.data.dataset")
+    if hasattr(dataset_module, config["model"] + "Dataset"):
+        return getattr(dataset_module, config["model"] + "Dataset")
+    type2class = {
+        ModelType.GENERAL: "Dataset",
+        ModelType.SEQUENTIAL: "SequentialDataset",
+        ModelType.CONTEXT: "Dataset",
+        ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+        ModelType.TRADITIONAL: "Dataset",
+        ModelType.DECISIONTREE: "Dataset",
+    }
+    return getattr(dataset_module, type2class[config["MODEL_TYPE"]])
+
+
 def create_dataset(config):
-    """Create the dataset: the plugin's class when the model or the data needs it, else RecBole's."""
-    dataset_class = _dataset_class(config)
-    if dataset_class is None:
-        return recbole.data.create_dataset(config)
-    dataset = dataset_class(config)
+    """Create the dataset: the plugin's class when the model or the data needs it, else RecBole's choice;
+    either way its atomic files are read strictly (``recbole_pmtrec.data.atomic``: a malformed row is an
+    error naming file, line, field and value; rows dropped by RecBole's filters are counted in the log).
+
+    Unlike RecBole's ``create_dataset``, a pickled dataset (``dataset_save_path`` or the default file in
+    ``checkpoint_dir``) is never loaded: unpickling can run code, and it would bypass the strict reader.
+    """
+    from recbole_pmtrec.data.atomic import strict_dataset_class
+
+    if config["dataset_save_path"]:
+        getLogger().warning(
+            f"dataset_save_path ({config['dataset_save_path']}) is not loaded: recbole_pmtrec builds the dataset "
+            "from its atomic files (a pickled dataset can run code when loaded)"
+        )
+    dataset_class = _dataset_class(config) or recbole_dataset_class(config)
+    dataset = strict_dataset_class(dataset_class)(config)
     if config["save_dataset"]:
         dataset.save()
     return dataset

@@ -15,6 +15,7 @@ from recbole.data.dataset import Dataset
 
 from recbole_pmtrec import Config, create_dataset, data_preparation, run_recbole_pmtrec
 from recbole_pmtrec.data import AuxDataset, AuxTaskSampler, Relation
+from recbole_pmtrec.data.atomic import StrictAtomicMixin, strict_dataset_class
 from recbole_pmtrec.data.dataset import cointeraction_pairs
 
 TIME_SPLIT = {"split": {"RS": [0.6, 0.2, 0.2]}, "order": "TO", "group_by": "user", "mode": "full"}
@@ -241,7 +242,7 @@ def _write(path, text):
         (
             "auxtoy.net",
             "source_id:token\ttarget_id:token\tweight:double\nu1\tu2\t1\n",
-            r"auxtoy\.net: line 1: field 'weight' has unknown type 'double'",
+            r"auxtoy\.net: line 1 \(header\): field 'weight' has unknown type 'double'",
         ),
         (
             "auxtoy.net",
@@ -251,7 +252,7 @@ def _write(path, text):
         (
             "auxtoy.item",
             "item_id:token\tcategory:tokens\ni1\tc_a\n",
-            r"auxtoy\.item: line 1 \(header\): Type tokens from field category",
+            r"auxtoy\.item: line 1 \(header\): field 'category' has unknown type 'tokens'",
         ),
     ],
 )
@@ -394,7 +395,11 @@ def test_bpr_with_aux_dataset_equals_plain_dataset(fast_config):
     """Same seed, same split, same numbers: the relations change nothing for a built-in model."""
     plain = {"aux_relations": None, "category_field": None, "aux_tasks": None}
     assert type(create_dataset(toy_config(fast_config))) is AuxDataset
-    assert type(create_dataset(toy_config(fast_config, **plain))) is Dataset
+    plain_class = type(create_dataset(toy_config(fast_config, **plain)))
+    assert plain_class is strict_dataset_class(Dataset) and plain_class.__mro__[1:3] == (
+        StrictAtomicMixin,
+        Dataset,
+    )
     settings = {
         **fast_config,
         "epochs": 2,

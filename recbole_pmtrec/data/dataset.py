@@ -6,15 +6,15 @@ Relation files are read AFTER RecBole's own loading, filtering and remapping, an
 mapped through RecBole's ``field2token_id``: an id that is not in the (filtered) interactions is
 dropped and counted, never given a new id, so ``user_num``, ``item_num`` and ``inter_feat`` are exactly
 those of RecBole's own ``Dataset`` and a built-in model gives the same results on it.
+
+Every file (``.inter``, ``.user``, ``.item`` and the relation files) is read by the plugin's one strict
+reader, :mod:`recbole_pmtrec.data.atomic`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ import scipy.sparse as sp
 import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureType, set_color
+
+from recbole_pmtrec.data.atomic import StrictAtomicMixin, parse_header, read_atomic
 
 #: auxiliary tasks that train on the interaction batch itself: no relation, no sampler
 BATCH_TASKS = ("directau", "rating")
@@ -38,7 +40,6 @@ AUX_DEFAULTS = {
 }
 
 SOURCE_FIELD, TARGET_FIELD, WEIGHT_FIELD = "source_id", "target_id", "weight"
-_ATOMIC_TYPES = tuple(t.value for t in FeatureType)
 _SPACES = ("user", "item")
 
 
@@ -124,102 +125,43 @@ class RelationStats:
 # reading relation atomic files
 
 
-def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end byte offsets of every line of ``data`` (end excludes ``\\n`` and a ``\\r`` before it)."""
-    arr = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(arr == ord("\n"))
-    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
-    starts = np.concatenate(([0], newlines + 1))[: len(ends)]
-    if len(arr) == 0:
-        return starts, ends
-    carriage = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == ord("\r"))
-    return starts, ends - carriage
-
-
 def read_relation_file(path, sep: str = "\t", encoding: str = "utf-8") -> tuple[pd.DataFrame, np.ndarray]:
     """Read a relation atomic file: header ``source_id:token<sep>target_id:token[<sep>weight:float]``.
 
     Returns a frame with columns ``source_id``, ``target_id`` (str) and ``weight`` (float, if present),
-    and the 1-based file line of every row. A bad header, a row with the wrong number of fields, an
-    empty id or an unparsable weight raises a ``ValueError`` naming the file, the line and the field.
+    and the 1-based file line of every row. The file goes through the plugin's one strict reader
+    (:func:`recbole_pmtrec.data.atomic.read_atomic`): a bad header, a row with the wrong number of fields,
+    an empty id or an unparsable (or missing) weight raises a ``ValueError`` naming the file, the line,
+    the field and the value.
     """
-    if len(sep.encode(encoding)) != 1:
-        raise ValueError(f"{path}: relation files need a one-character field_separator, not {sep!r}")
-    data = Path(path).read_bytes()
-    starts, ends = _line_spans(data)
-    if len(starts) == 0 or ends[0] == starts[0]:
+    with open(path, "rb") as f:
+        first = f.readline().decode(encoding or "utf-8").rstrip("\r\n").lstrip("\ufeff")
+    if not first:
         raise ValueError(
             f"{path}: line 1: missing header (expected '{SOURCE_FIELD}:token{sep}{TARGET_FIELD}:token')"
         )
-    header = data[starts[0] : ends[0]].decode(encoding).lstrip("\ufeff").split(sep)
-    names = []
-    for cell in header:
-        name, colon, ftype = cell.partition(":")
-        if not colon:
-            raise ValueError(f"{path}: line 1: header cell {cell!r} is not 'name:type'")
-        if ftype not in _ATOMIC_TYPES:
-            raise ValueError(
-                f"{path}: line 1: field '{name}' has unknown type '{ftype}' (one of {', '.join(_ATOMIC_TYPES)})"
-            )
-        names.append(name)
+    header = dict(parse_header(path, first, sep))
     expected = {SOURCE_FIELD: "token", TARGET_FIELD: "token", WEIGHT_FIELD: "float"}
     for name, ftype in expected.items():
         cell = f"{name}:{ftype}"
-        if name in names and header[names.index(name)] != cell:
+        if name in header and header[name].value != ftype:
             raise ValueError(
-                f"{path}: line 1: field '{name}' must be '{cell}', not '{header[names.index(name)]}'"
+                f"{path}: line 1: field '{name}' must be '{cell}', not '{name}:{header[name].value}'"
             )
-        if name != WEIGHT_FIELD and name not in names:
-            raise ValueError(f"{path}: line 1: no '{cell}' field in header {sep.join(header)!r}")
-
-    arr = np.frombuffer(data, dtype=np.uint8)
-    separators = np.flatnonzero(arr == ord(sep))
-    fields_per_line = np.searchsorted(separators, ends) - np.searchsorted(separators, starts) + 1
-    is_row = ends > starts
-    is_row[0] = False
-    bad = is_row & (fields_per_line != len(header))
-    if bad.any():
-        line = int(np.argmax(bad))
-        text = data[starts[line] : ends[line]].decode(encoding, errors="replace")
-        raise ValueError(
-            f"{path}: line {line + 1}: {fields_per_line[line]} fields where the header has {len(header)} "
-            f"({', '.join(names)}): {text[:80]!r}"
-        )
-    line_numbers = np.flatnonzero(is_row) + 1
-
-    # the same quoting as RecBole's own reader, so a token means the same string in every file
-    frame = pd.read_csv(
-        io.BytesIO(data),
+        if name != WEIGHT_FIELD and name not in header:
+            raise ValueError(f"{path}: line 1: no '{cell}' field in header {first!r}")
+    parsed = read_atomic(
+        path,
         sep=sep,
-        header=0,
-        names=names,
-        usecols=[n for n in names if n in expected],
-        dtype=str,
-        keep_default_na=False,
         encoding=encoding,
-        quoting=csv.QUOTE_MINIMAL,
-        engine="c",
+        select=list(expected),
+        id_fields=(SOURCE_FIELD, TARGET_FIELD),
+        fill_nan_float="error",
     )
-    if len(frame) != len(line_numbers):
-        raise ValueError(
-            f'{path}: {len(frame)} rows parsed from {len(line_numbers)} lines: a quote (") in a field joins lines; '
-            "relation files must not quote their fields"
-        )
+    frame = parsed.frame
     for name in (SOURCE_FIELD, TARGET_FIELD):
-        empty = (frame[name] == "").to_numpy()
-        if empty.any():
-            raise ValueError(f"{path}: line {line_numbers[np.argmax(empty)]}: field '{name}' is empty")
-    if WEIGHT_FIELD in frame:
-        weight = pd.to_numeric(frame[WEIGHT_FIELD], errors="coerce").to_numpy(dtype=np.float64)
-        unparsable = ~np.isfinite(weight)
-        if unparsable.any():
-            row = int(np.argmax(unparsable))
-            raise ValueError(
-                f"{path}: line {line_numbers[row]}: field '{WEIGHT_FIELD}' = {frame[WEIGHT_FIELD].iloc[row]!r} "
-                "is not a finite number"
-            )
-        frame[WEIGHT_FIELD] = weight
-    return frame, line_numbers
+        frame[name] = frame[name].astype(str)
+    return frame, parsed.lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +229,7 @@ def cointeraction_pairs(users, items, num_items: int, max_pairs: int, seed: int)
 # --------------------------------------------------------------------------------------------------
 
 
-class AuxDataset(Dataset):
+class AuxDataset(StrictAtomicMixin, Dataset):
     """RecBole's ``Dataset`` plus auxiliary relations, item categories and training-split structures.
 
     Config (dataset yaml): ``aux_relations`` (name -> ``{suffix, space: user|item, directed}``; the file is
@@ -314,14 +256,6 @@ class AuxDataset(Dataset):
             self._load_relation(name, **spec)
         for line in self._aux_lines():
             self.logger.info(line)
-
-    def _load_feat(self, filepath, source):
-        """RecBole's reader, with the file named in its errors (its header error names only the field)."""
-        try:
-            return super()._load_feat(filepath, source)
-        except ValueError as err:
-            where = "line 1 (header)" if str(err).startswith("Type ") else "while reading"
-            raise ValueError(f"{filepath}: {where}: {err}") from err
 
     # ---------------------------------------------------------------- config
 

@@ -23,6 +23,8 @@ import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_pmtrec.data.atomic import StrictAtomicMixin
+
 
 def task_labels(config) -> list[str]:
     """The task label fields, main first, checked against ``LABEL_FIELD``."""
@@ -63,8 +65,9 @@ def uses_negative_sampling(config) -> bool:
     )
 
 
-class MultiLabelDataset(Dataset):
-    """A RecBole ``Dataset`` whose rows carry one label per task (see the module docstring)."""
+class MultiLabelDataset(StrictAtomicMixin, Dataset):
+    """A RecBole ``Dataset`` whose rows carry one label per task (see the module docstring); its atomic
+    files are read strictly (:mod:`recbole_pmtrec.data.atomic`)."""
 
     def __init__(self, config):
         self.task_labels = task_labels(config)
