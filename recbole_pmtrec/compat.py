@@ -6,14 +6,14 @@ upstream RecBole issue it answers. None of them switches a safety off for the wh
 
 from __future__ import annotations
 
-import importlib
-import pickle
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+
+from recbole_pmtrec.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["apply", "load_checkpoint", "save_checkpoint"]
 
 _APPLIED = False
 
@@ -62,64 +62,49 @@ def _scipy_dok() -> None:
             cls._update = _dok_update
 
 
+# RecBole 1.2.1 code that pandas 2.2+ warns about, one entry per source line (recbole/data/dataset/dataset.py).
+# Each warning names a pandas 3 change; under the pinned pandas<3 (_pandas_check) the code still does what it
+# means, so the warning is noise: ~23 lines on every dataset load. Silenced for that module only.
+_RECBOLE_PANDAS_WARNINGS = [
+    # dataset.py:501 Dataset._load_feat, `df[field].fillna(value="", inplace=True)` (token_seq / float_seq);
+    # dataset.py:648 and :650 Dataset._fill_nan, `feat[field].fillna(value=0 | feat[field].mean(),
+    # inplace=True)` (token and float fields): chained inplace fillna, a no-op only under copy-on-write
+    "A value is trying to be set on a copy of a DataFrame or Series through chained assignment using an "
+    "inplace method",
+    # dataset.py:1217 Dataset._remap, `np.cumsum(feat[field].agg(len))` (token_seq fields): pandas 2 still
+    # applies len element-wise, as RecBole means
+    "using <built-in function len> in Series.agg cannot aggregate",
+]
+
+
+def _recbole_pandas_warnings() -> None:
+    """Silence the pandas FutureWarnings of ``_RECBOLE_PANDAS_WARNINGS``, raised from RecBole's
+    ``recbole.data.dataset.dataset`` only (no upstream fix: RecBole 1.2.1 is the last release). The same
+    warning from any other module, and every other warning of that module, still shows. Calling it again
+    puts the filters back in front (``warnings.filterwarnings`` replaces an identical filter)."""
+    import re
+    import warnings
+
+    for message in _RECBOLE_PANDAS_WARNINGS:
+        warnings.filterwarnings(
+            "ignore",
+            message=re.escape(message),
+            category=FutureWarning,
+            module=r"recbole\.data\.dataset\.dataset$",
+        )
+
+
 # --------------------------------------------------------------------------------------------------
-# Checkpoints: weights-only loading with an allow-list (torch >= 2.6, RUCAIBox/RecBole#2215)
+# Checkpoints: data only, loaded weights-only with no extra allow-list (torch >= 2.6, RUCAIBox/RecBole#2215)
 # --------------------------------------------------------------------------------------------------
-
-_CHECKPOINT_PROTOCOL = 2  # torch's weights-only unpickler rejects protocol 4 frames (RecBole saves with 4)
-
-
-def _model_classes() -> list[type]:
-    """Every recommender class a checkpoint's Config may name: RecBole's and this plugin's."""
-    from recbole.model.abstract_recommender import AbstractRecommender
-
-    for module in ("recbole.model.general_recommender", "recbole.model.context_aware_recommender"):
-        importlib.import_module(module)
-    importlib.import_module("recbole_pmtrec.model")
-    seen: list[type] = []
-    stack = [AbstractRecommender]
-    while stack:
-        cls = stack.pop()
-        for sub in cls.__subclasses__():
-            if sub not in seen:
-                seen.append(sub)
-                stack.append(sub)
-    return seen
-
-
-def checkpoint_allowlist() -> list[Any]:
-    """What a RecBole checkpoint holds beyond tensors: the Config object (and its enums, the yaml loader
-    class, the model class), numpy scalars for scores. Nothing callable beyond these classes."""
-    import yaml
-    from recbole.config import Config as RecBoleConfig
-    from recbole.utils import enum_type
-
-    from recbole_pmtrec.config import Config
-
-    enums = [getattr(enum_type, n) for n in dir(enum_type) if isinstance(getattr(enum_type, n), type)]
-    enums = [e for e in enums if e.__module__ == enum_type.__name__]
-    numpy_types = [np.dtype, np._core.multiarray.scalar]
-    numpy_types += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
-    return [RecBoleConfig, Config, yaml.FullLoader, *enums, *numpy_types, *_model_classes()]
-
-
-def load_checkpoint(file, map_location=None, **kwargs):
-    """``torch.load`` with ``weights_only=True`` and the checkpoint allow-list, scoped to this call."""
-    kwargs.pop("weights_only", None)
-    with torch.serialization.safe_globals(checkpoint_allowlist()):
-        return torch.load(file, map_location=map_location, weights_only=True, **kwargs)
-
-
-def save_checkpoint(obj, file, **kwargs):
-    """``torch.save`` with a pickle protocol the weights-only loader can read."""
-    kwargs["pickle_protocol"] = _CHECKPOINT_PROTOCOL
-    return torch.save(obj, file, **kwargs)
 
 
 class _CheckpointTorch:
     """The ``torch`` name as ``recbole.trainer.trainer`` sees it: the real module, except that ``load`` is
-    :func:`load_checkpoint` and ``save`` is :func:`save_checkpoint`. Scoped to that one module, so
-    ``Trainer.resume_checkpoint`` and ``Trainer.evaluate(load_best_model=True)`` load with weights only."""
+    :func:`recbole_pmtrec.checkpoint.load_checkpoint` and ``save`` is
+    :func:`recbole_pmtrec.checkpoint.save_checkpoint`. Scoped to that one module, so every RecBole trainer's
+    ``_save_checkpoint`` writes data only (the Config as a plain dict) and its ``resume_checkpoint`` and
+    ``evaluate(load_best_model=True)`` load through the one safe loader."""
 
     load = staticmethod(load_checkpoint)
     save = staticmethod(save_checkpoint)
@@ -143,8 +128,6 @@ def apply() -> None:
     _pandas_check()
     _numpy_aliases()
     _scipy_dok()
+    _recbole_pandas_warnings()
     _trainer_checkpoints()
     _APPLIED = True
-
-
-UnpicklingError = pickle.UnpicklingError
