@@ -91,8 +91,11 @@ def check_relation(path: Path, ids: set[str], directed: bool) -> pd.DataFrame:
 
 
 def check_yaml(yaml_dir: Path, name: str, files: dict[str, Path]) -> dict:
-    """The generated yaml parses, names loadable fields, matches the committed one."""
+    """The generated yaml parses, names loadable fields, matches the committed one; the converter wrote it
+    beside the atomic files too (where runs find it), with the same text."""
     text = (yaml_dir / f"{name}.yaml").read_text(encoding="utf-8")
+    beside = next(iter(files.values())).parent / f"{name}.yaml"
+    assert beside.read_text(encoding="utf-8") == text
     conf = yaml.safe_load(text)
     for source, cols in conf["load_col"].items():
         suffix = "train.inter" if (source == "inter" and conf.get("benchmark_filename")) else source
@@ -363,7 +366,8 @@ def test_cli_writes_files_yaml_and_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "51,441" in out and "4,905" in out and "2,420" in out
     assert (tmp_path / "ds" / "office" / "office.valid.inter").is_file()
-    assert (tmp_path / "properties" / "dataset" / "office.yaml").is_file()  # default yaml dir, cwd-relative
+    assert (tmp_path / "ds" / "office" / "office.yaml").is_file()  # beside the atomic files
+    assert not (tmp_path / "properties").exists()  # nothing written relative to the working directory
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Converters from the raw datasets (``../shared/data/<dataset>/raw``) to RecBole atomic files.
 
 Each converter is a function ``convert_<name>(raw_dir, out_dir, yaml_dir=None, ...) -> dict`` that
-writes ``out_dir/<name>/<name>.<suffix>`` (and ``yaml_dir/<name>.yaml`` when given) and returns the
-counts it wrote. Command line: ``python -m recbole_pmtrec.data.convert NAME --raw RAW --out OUT``.
+writes ``out_dir/<name>/<name>.<suffix>`` and the dataset yaml beside them, ``out_dir/<name>/<name>.yaml``
+(where the plugin's ``Config`` finds it for ``data_path=out_dir`` from any working directory; a copy into
+``yaml_dir`` when given, none at all with ``yaml_dir=False``), and returns the counts it wrote. Command line: ``python -m recbole_pmtrec.data.convert NAME --raw RAW --out OUT``.
 Conventions and counts: ``docs/DATASETS.md``.
 """
 

@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = "\n".join(f"  {name:<12} {desc}" for name, (_, desc) in CONVERTERS.items())
     parser = argparse.ArgumentParser(
         prog="python -m recbole_pmtrec.data.convert",
-        description="Convert a raw dataset into RecBole atomic files and write its dataset yaml.",
+        description="Convert a raw dataset into RecBole atomic files and write its dataset yaml beside them "
+        "(OUT/<name>/<name>.yaml, read by every run whose data_path is OUT, from any working directory).",
         epilog=f"datasets:\n{datasets}\n\nexample:\n  python -m recbole_pmtrec.data.convert epinions "
         "--raw ../shared/data/epinions/raw --out dataset/\n\nConventions and counts: docs/DATASETS.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -28,10 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--yaml-dir",
         type=Path,
-        default=Path("properties/dataset"),
-        help="where <name>.yaml is written (default: properties/dataset, relative to the current directory)",
+        help="also write <name>.yaml into DIR (e.g. properties/dataset to regenerate the shipped yamls); the "
+        "yaml is always written beside the atomic files, OUT/<name>/<name>.yaml, where runs find it",
     )
-    parser.add_argument("--no-yaml", action="store_true", help="do not write the dataset yaml")
+    parser.add_argument("--no-yaml", action="store_true", help="write no dataset yaml at all")
     parser.add_argument(
         "--name", help="output dataset name (default: the dataset's own; amazon-2018: from --category)"
     )
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.dedupe != "none":
         raise SystemExit("--dedupe applies to epinions and amazon-2018 only")
     try:
-        counts = convert(args.raw, args.out, None if args.no_yaml else args.yaml_dir, **kwargs)
+        counts = convert(args.raw, args.out, False if args.no_yaml else args.yaml_dir, **kwargs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -155,9 +155,11 @@ def read_table(
         else:
             what = f"unexpected extra field after {fields[-1]!r}"
         text = data[starts[i] : ends[i]].decode(encoding, errors="replace")
+        cut = i == len(starts) - 1 and found < len(fields) and not data.endswith(b"\n")
         raise ValueError(
             f"{path}: line {line_no[i]}: malformed row {text[:80]!r}: {what} (expected {len(fields)} "
             f"{sep_name}-separated fields: {', '.join(fields)}; found {found})"
+            + ("; the file ends inside this line, without a newline: it looks cut" if cut else "")
         )
     keep = ~blank
     keep[:skip] = False
@@ -180,6 +182,30 @@ def read_table(
     if len(df) != len(rows_line_no):  # pragma: no cover - defensive, the scan above mirrors pandas
         raise ValueError(f"{path}: read {len(df)} rows but the file has {len(rows_line_no)} data lines")
     return df, rows_line_no
+
+
+def check_last_line(path: Path, sep: str, n_fields: int, encoding: str = "utf-8") -> None:
+    """A file whose last line has no newline and fewer than ``n_fields`` fields (csv quoting rules) was cut
+    (an interrupted download or copy): raise a ``ValueError`` naming the file and the line. For readers
+    that do not go through :func:`read_table` (pandas' own reader pads a short row with empty cells)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+    if tail.endswith(b"\n"):
+        return
+    last = tail[tail.rfind(b"\n") + 1 :].decode(encoding, errors="replace").rstrip("\r")
+    found = len(next(csv.reader([last], delimiter=sep), [""]))
+    if found < n_fields:
+        line = path.read_bytes().count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: the last line has {found} of {n_fields} fields and no newline: the file "
+            f"looks cut ({last[:80]!r})"
+        )
 
 
 def _bad_value(path: Path, where: str, field: str, value: Any, what: str) -> ValueError:
@@ -426,13 +452,21 @@ def render_dataset_yaml(
     return "\n".join(lines) + "\n"
 
 
-def write_yaml(yaml_dir: Path | str | None, name: str, text: str, rep: Reporter) -> Path | None:
-    if yaml_dir is None:
+def write_yaml(
+    yaml_dir: Path | str | Literal[False] | None, name: str, text: str, rep: Reporter, folder: Path | str
+) -> Path | None:
+    """Write the dataset yaml beside the atomic files (``folder/<name>.yaml``, i.e. ``OUT/<name>/<name>.yaml``),
+    where the plugin's ``Config`` finds it from any working directory (it reads
+    ``<data_path>/<dataset>/<dataset>.yaml``); ``yaml_dir``: also a copy there (``properties/dataset`` to
+    regenerate the shipped yamls); ``yaml_dir=False``: no yaml at all. Returns the yaml beside the files."""
+    if yaml_dir is False:
         return None
-    path = Path(yaml_dir) / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    rep.counts["files"].append(str(path))
+    path = Path(folder) / f"{name}.yaml"
+    targets = [path] + ([Path(yaml_dir) / f"{name}.yaml"] if yaml_dir is not None else [])
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        rep.counts["files"].append(str(target))
     return path
 
 

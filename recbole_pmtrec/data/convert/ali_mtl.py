@@ -21,11 +21,12 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ._common import Reporter, _flow, write_atomic, write_yaml
+from ._common import Reporter, _flow, check_last_line, write_atomic, write_yaml
 
 VALID_FRACTION = 0.1
 SPLIT_SEED = 2020
@@ -70,6 +71,7 @@ def _find(raw_dir: Path, candidates: tuple[str, ...], name: str) -> Path:
 
 def _read(path: Path, labels: tuple[str, ...], drop: tuple[str, ...]) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype=str, na_filter=False)
+    check_last_line(path, ",", len(frame.columns))
     missing = [c for c in (*labels, *drop) if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: header lacks {missing} (columns: {', '.join(frame.columns)})")
@@ -87,7 +89,7 @@ def convert_ali_mtl(
     dataset: str,
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str | None = None,
     verbose: bool = False,
@@ -149,7 +151,7 @@ def convert_ali_mtl(
         "metrics: [AUC, LogLoss]",
         "valid_metric: AUC",
     ]
-    write_yaml(yaml_dir, name, "\n".join(yaml) + "\n", rep)
+    write_yaml(yaml_dir, name, "\n".join(yaml) + "\n", rep, out)
     return rep.finish()
 
 
@@ -174,16 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output root; files go to OUT/<name>/")
     parser.add_argument("--name", help="output dataset name (default: the dataset's)")
     parser.add_argument(
-        "--yaml-dir", type=Path, default=Path("properties/dataset"), help="where <name>.yaml is written"
+        "--yaml-dir",
+        type=Path,
+        help="also write <name>.yaml there (it is always written beside the files: OUT/<name>/<name>.yaml)",
     )
-    parser.add_argument("--no-yaml", action="store_true", help="do not write the dataset yaml")
+    parser.add_argument("--no-yaml", action="store_true", help="write no dataset yaml at all")
     args = parser.parse_args(argv)
     try:
         counts = convert_ali_mtl(
             args.dataset,
             args.raw,
             args.out,
-            None if args.no_yaml else args.yaml_dir,
+            False if args.no_yaml else args.yaml_dir,
             name=args.name,
             verbose=True,
         )

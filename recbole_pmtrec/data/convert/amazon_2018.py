@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -182,7 +183,7 @@ def _read_meta(path: Path, wanted: set[str], rep: Reporter) -> tuple[dict[str, d
 def convert_amazon_2018(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     category: str | None = None,
     name: str | None = None,
@@ -284,5 +285,5 @@ def convert_amazon_2018(
     c["users"] = int(inter["user_id"].nunique())
     c["categories"] = len(all_tokens)
     c["files"] += [str(out / f"{name}.{s}") for s in ("inter", "item", "coview", "cobuy")]
-    write_yaml(yaml_dir, name, dataset_yaml(name), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(name), rep, out)
     return rep.finish()

@@ -17,6 +17,7 @@ Written:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def _read(raw_dir: Path, fname: str, rep: Reporter) -> dict[str, np.ndarray]:
 def convert_amazon_hin(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str = NAME,
     verbose: bool = False,
@@ -144,5 +145,5 @@ def convert_amazon_hin(
     c["categories"] = int(cat_pairs["c"].nunique())
     c["notes"]["brands"] = int(brand_pairs["b"].nunique())
     c["files"] += [str(out / f"{name}.{s}") for s in ("inter", "item", "coview")]
-    write_yaml(yaml_dir, name, dataset_yaml(), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(), rep, out)
     return rep.finish()

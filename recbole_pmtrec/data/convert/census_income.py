@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,7 @@ def dataset_yaml() -> str:
 def convert_census_income(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str = NAME,
     verbose: bool = False,
@@ -209,7 +210,7 @@ def convert_census_income(
             rep.note(f"{part} {label} positives", int(data[label].sum()))
     rep.counts["interactions"] = sum(rep.counts["splits"].values())
     rep.note("features", f"{len(TOKEN_FIELDS)} token + {len(FLOAT_FIELDS)} float")
-    write_yaml(yaml_dir, name, dataset_yaml(), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(), rep, out)
     return rep.finish()
 
 
@@ -222,14 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--yaml-dir",
         type=Path,
-        default=Path("properties/dataset"),
-        help="where census-income.yaml is written",
+        help="also write census-income.yaml there (always written beside the files: OUT/census-income/)",
     )
-    parser.add_argument("--no-yaml", action="store_true", help="do not write the dataset yaml")
+    parser.add_argument("--no-yaml", action="store_true", help="write no dataset yaml at all")
     args = parser.parse_args(argv)
     try:
         counts = convert_census_income(
-            args.raw, args.out, None if args.no_yaml else args.yaml_dir, verbose=True
+            args.raw, args.out, False if args.no_yaml else args.yaml_dir, verbose=True
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

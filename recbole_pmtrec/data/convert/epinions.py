@@ -18,6 +18,7 @@ Written:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def dataset_yaml(has_helpfulness: bool = False) -> str:
 def convert_epinions(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str = NAME,
     dedupe: str = "none",
@@ -173,5 +174,5 @@ def convert_epinions(
         out / f"{name}.net", links["s"].to_numpy(), links["t"].to_numpy()
     )
     c["files"] += [str(out / f"{name}.{s}") for s in ("inter", "item", "net")]
-    write_yaml(yaml_dir, name, dataset_yaml(has_help), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(has_help), rep, out)
     return rep.finish()

@@ -17,6 +17,7 @@ Written:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def _read(raw_dir: Path, fname: str, rep: Reporter, ints: tuple[str, ...]) -> tu
 def convert_lastfm(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str = NAME,
     verbose: bool = False,
@@ -146,5 +147,5 @@ def convert_lastfm(
     c["categories"] = int(pairs["t"].nunique())
     c["relations"]["social"] = write_relation(out / f"{name}.net", src, tgt)
     c["files"] += [str(out / f"{name}.{s}") for s in ("inter", "item", "net")]
-    write_yaml(yaml_dir, name, dataset_yaml(), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(), rep, out)
     return rep.finish()

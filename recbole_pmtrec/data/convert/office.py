@@ -13,6 +13,7 @@ use the ratings only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def dataset_yaml() -> str:
 def convert_office(
     raw_dir: str | Path,
     out_dir: str | Path,
-    yaml_dir: str | Path | None = None,
+    yaml_dir: str | Path | Literal[False] | None = None,
     *,
     name: str = NAME,
     verbose: bool = False,
@@ -96,5 +97,5 @@ def convert_office(
     c["notes"]["lowest rating in test"] = (
         float(np.min(frames["test"]["rating"])) if len(frames["test"]) else None
     )
-    write_yaml(yaml_dir, name, dataset_yaml(), rep)
+    write_yaml(yaml_dir, name, dataset_yaml(), rep, out)
     return rep.finish()
