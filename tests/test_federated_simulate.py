@@ -220,11 +220,21 @@ def test_kept_roles_never_uploaded(strategy, kept):
         assert not {ROLES[n] for n in upload} & (kept | {"private"})
 
 
-def test_test_from_best_restores_the_best_round():
-    record, clients = run(strategy="pfmsmtrec", test_from="best", rounds=5)
-    assert record.test_round == record.best_round("auc")
-    last, _ = run(strategy="pfmsmtrec", test_from="last", rounds=record.test_round)
+@pytest.mark.parametrize("valid_after", ["fit", "aggregate"])
+def test_test_from_best_restores_the_best_round(valid_after):
+    record, _ = run(strategy="pfmsmtrec", test_from="best", rounds=5, valid_after=valid_after)
+    assert record.test_round == record.best_round("auc") < 5
+    last, _ = run(strategy="pfmsmtrec", test_from="last", rounds=record.test_round, valid_after=valid_after)
     assert record.test == last.test  # the best round's state tested = a run stopped at that round
+
+
+def test_valid_after_aggregate_measures_what_the_server_sent():
+    after_fit, _ = run(strategy="fedavg", rounds=2)
+    after_aggregate, clients = run(strategy="fedavg", rounds=2, valid_after="aggregate")
+    assert after_fit.test == after_aggregate.test  # the same training, only valid moves
+    assert after_fit.rounds[-1].valid != after_aggregate.rounds[-1].valid
+    # the last valid after aggregation is the model test measures: evaluate it again on valid
+    assert after_aggregate.rounds[-1].valid == {s: c.evaluate("valid") for s, c in clients.items()}
 
 
 def test_a_crashed_client_stops_the_run_or_is_left_out():

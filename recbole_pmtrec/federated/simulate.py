@@ -1,18 +1,22 @@
 """The in-process runtime: every client in this process, arrays moved by plain function calls.
 
-It is the reference the Flower runtime must match number for number (same seed, same config), so the
-protocol is spelled out here and the ServerApp follows the same steps in the same order:
+It is the reference the Flower runtime (``flower_app/server_app.py``, ``client_app.py``) must match number for
+number (same seed, same config), so the protocol is spelled out here, in the ServerApp's message order:
 
 1. build every client with ``client.make_client(fed_config, scenario, seed)`` (scenarios in config order);
    roles and groups must be identical on every client; ``make_strategy(fed_config, roles, groups)``;
-2. round 0: every client uploads ``sent_roles()``; ``strategy.initial`` -> every client downloads its arrays;
-3. rounds ``1..rounds``: every client ``fit(round, client_options(round))`` then uploads; ``aggregate(round,
-   uploads, num_examples)`` with ``num_examples`` from the fit metrics; every client downloads its arrays and
-   evaluates ``valid`` (so valid measures the model a client starts the next round with: the personalized one
-   for personalized strategies, the personal model for Ditto, the own model for local-only);
-4. test: from the round with the best mean valid AUC over scenarios and tasks (``test_from: best``; every
-   client's ``state()`` and downloaded arrays are kept from that round and restored) or from the last round
-   (``test_from: last``); every client evaluates ``test``.
+   FedAvg weights ``num_examples`` are the clients' ``num_train``;
+2. round 0: every client uploads ``sent_roles()``; ``strategy.initial`` gives what each client loads first;
+3. rounds ``1..rounds``, per client (the ServerApp's ``train`` message): download what the server sent, ``fit(
+   round, client_options(round))``, evaluate ``valid``, upload; then ``aggregate(round, uploads, num_examples)``;
+4. test (the ``evaluate`` message): every client downloads the last aggregation's arrays and evaluates ``test``.
+
+So by default (``valid_after: fit``) valid measures each client's model right after its local training, and
+test the model the server gave back. Options: ``valid_after: aggregate`` evaluates valid after the download
+instead (the model a client starts the next round with, i.e. the one test measures: the personalized one for
+personalized strategies, the global one for FedAvg); ``test_from: best`` tests the round with the best mean
+valid ``select_metric`` over scenarios and tasks (every client's ``state()`` and that round's arrays are kept
+and restored) instead of the last round. Both are simulate-only until the ServerApp implements them.
 
 A client whose fit or evaluation raises ends the run with an error naming its scenario, unless ``min_clients``
 allows the round to go on without it (it then sits out the rest of the run and gets no test metrics).
@@ -28,12 +32,15 @@ from recbole_pmtrec.federated.results import RoundRecord, RunRecord, critical_pa
 from recbole_pmtrec.federated.strategies import make_strategy
 
 # Runtime knobs that properties/federated/defaults.yaml does not hold yet, with their proposed defaults.
-PROPOSED_DEFAULTS = {"test_from": "best", "select_metric": "auc"}
-TEST_FROM = ("best", "last")
+PROPOSED_DEFAULTS = {"test_from": "last", "valid_after": "fit", "select_metric": "auc"}
+CHOICES = {"test_from": ("best", "last"), "valid_after": ("fit", "aggregate")}
 
 
-def _knob(fed_config: dict, key: str):
-    return fed_config[key] if key in fed_config else PROPOSED_DEFAULTS[key]
+def _knob(fed_config: dict, key: str) -> str:
+    value = str(fed_config[key] if key in fed_config else PROPOSED_DEFAULTS[key])
+    if value not in CHOICES.get(key, (value,)):
+        raise ValueError(f"{key} = {value!r}: use one of {', '.join(CHOICES[key])}")
+    return value
 
 
 def _default_factory():
@@ -64,10 +71,9 @@ def run(
     fed_config: dict, client_factory: Callable | None = None, log: Callable[[str], None] = print
 ) -> RunRecord:
     """Run one federated experiment in this process (see the module for the protocol) -> its record."""
-    test_from = str(_knob(fed_config, "test_from"))
-    if test_from not in TEST_FROM:
-        raise ValueError(f"test_from = {test_from!r}: use one of {', '.join(TEST_FROM)}")
-    metric = str(_knob(fed_config, "select_metric"))
+    test_from, valid_after, metric = (
+        _knob(fed_config, k) for k in ("test_from", "valid_after", "select_metric")
+    )
     factory = client_factory or _default_factory()
     seed, scenarios = int(fed_config["seed"]), list(fed_config["scenarios"])
     min_clients = fed_config.get("min_clients") or len(scenarios)
@@ -85,9 +91,7 @@ def run(
         test_from=test_from,
     )
     arrays = strategy.initial({s: c.upload(sent) for s, c in clients.items()})
-    for s, client in clients.items():
-        client.download(arrays[s])
-
+    num_examples = {s: int(c.num_train) for s, c in clients.items()}
     active = list(scenarios)
     best_value, best_round, best_snapshot = -math.inf, None, None
     sign = -1.0 if metric == "logloss" else 1.0
@@ -101,30 +105,41 @@ def run(
             ) from err
         log(f"round {server_round}: client {scenario!r} failed in {step} ({err}); going on without it")
 
-    for server_round in range(1, int(fed_config["rounds"]) + 1):
-        start = time.perf_counter()
-        options = strategy.client_options(server_round)
-        fit, uploads = {}, {}
-        for s in list(active):
-            try:
-                fit[s] = dict(clients[s].fit(server_round, options))
-                uploads[s] = clients[s].upload(sent)
-            except Exception as err:  # a crashed client: see drop()
-                fit.pop(s, None)
-                drop(s, server_round, "fit", err)
-        num_examples = {s: int(fit[s].get("num_examples", clients[s].num_train)) for s in uploads}
-        aggregate_start = time.perf_counter()
-        arrays = strategy.aggregate(server_round, uploads, num_examples)
-        aggregate_seconds = time.perf_counter() - aggregate_start
-        valid, eval_seconds = {}, []
+    def evaluate_valid(server_round: int) -> tuple[dict, list[float]]:
+        valid, seconds = {}, []
         for s in list(active):
             try:
                 eval_start = time.perf_counter()
-                clients[s].download(arrays[s])
                 valid[s] = dict(clients[s].evaluate("valid"))
-                eval_seconds.append(time.perf_counter() - eval_start)
-            except Exception as err:
+                seconds.append(time.perf_counter() - eval_start)
+            except Exception as err:  # a crashed client: see drop()
                 drop(s, server_round, "evaluation", err)
+        return valid, seconds
+
+    for server_round in range(1, int(fed_config["rounds"]) + 1):
+        start = time.perf_counter()
+        options = strategy.client_options(server_round)
+        fit, uploads, valid, eval_seconds = {}, {}, {}, []
+        for s in list(active):
+            try:
+                clients[s].download(arrays[s])
+                fit[s] = dict(clients[s].fit(server_round, options))
+                if valid_after == "fit":
+                    eval_start = time.perf_counter()
+                    valid[s] = dict(clients[s].evaluate("valid"))
+                    eval_seconds.append(time.perf_counter() - eval_start)
+                uploads[s] = clients[s].upload(sent)
+            except Exception as err:  # a crashed client: see drop()
+                fit.pop(s, None)
+                valid.pop(s, None)
+                drop(s, server_round, "fit", err)
+        aggregate_start = time.perf_counter()
+        arrays = strategy.aggregate(server_round, uploads, {s: num_examples[s] for s in uploads})
+        aggregate_seconds = time.perf_counter() - aggregate_start
+        if valid_after == "aggregate":
+            for s in active:
+                clients[s].download(arrays[s])
+            valid, eval_seconds = evaluate_valid(server_round)
         round_record = record.add_round(
             RoundRecord(
                 server_round=server_round,
@@ -151,9 +166,10 @@ def run(
     if test_from == "best" and best_snapshot is not None:
         test_round = best_round
         for s in active:
-            state, downloaded = best_snapshot[s]
+            state, arrays[s] = best_snapshot[s]
             clients[s].load_state(state)
-            clients[s].download(downloaded)
+    for s in active:
+        clients[s].download(arrays[s])
     record.test = {s: dict(clients[s].evaluate("test")) for s in active}
     record.test_round = test_round
     log(f"test (round {test_round}): mean {metric} {mean_metric(record.test, metric):.4f}")
