@@ -139,7 +139,7 @@ class ScenarioClient:
         if fed_config["strategy"] == "ditto":
             self.personal, self.personal_trainer = self._build(vocabulary)
         self._roles = self.model.array_roles()
-        self._received: set[str] = set()
+        self._received: dict[str, torch.Tensor] = {}  # w_g: the arrays of the last download
         self.epochs_done = 0
         client_seed = (self.seed * 1_000_003 + zlib.crc32(scenario.encode())) % (2**31)
         init_seed(client_seed, True)
@@ -184,14 +184,17 @@ class ScenarioClient:
                     f"client {self.scenario}: {name} has shape {value.shape}, expected {tuple(state[name].shape)}"
                 )
             state[name].copy_(torch.as_tensor(np.asarray(value)))
-        self._received = set(arrays)
+        device = self.config["device"]
+        self._received = {
+            n: torch.as_tensor(np.array(v), device=device).to(state[n].dtype) for n, v in arrays.items()
+        }
 
     def fit(self, server_round: int, options: dict) -> dict[str, float]:
         epochs = int(options.get("local_epochs", self.fed_config["local_epochs"]))
         start = time.perf_counter()
         with self._own_rng():
             params = dict(self.model.named_parameters())
-            anchor = {n: params[n].detach().clone() for n in sorted(self._received) if n in params}
+            anchor = {n: v for n, v in sorted(self._received.items()) if n in params}
             if self.personal is not None:
                 lam = float(options.get("ditto_lambda", self.fed_config["ditto_lambda"]))
                 personal_losses = self._train(self.personal, self.personal_trainer, epochs, lam, anchor)
@@ -255,7 +258,7 @@ class ScenarioClient:
             trainer.combiner.load_state_dict(combiner)
         self._rng = _rng_from_arrays(state)
         self.epochs_done = int(state["meta/epochs_done"][0])
-        self._received = set()
+        self._received = {}
 
     # ------------------------------------------------------------------------------------------ helpers
     def _models(self):

@@ -64,6 +64,13 @@ def _merge(config: dict, layer: dict, source: str, defaults: dict) -> None:
             raise ValueError(
                 f"{source}: {key} = {value!r} should be a {want} (like the default {defaults[key]!r})"
             )
+        if isinstance(defaults[key], dict) and defaults[key] and value is not None:
+            unknown = sorted(set(value) - set(defaults[key]))
+            if unknown:
+                raise KeyError(
+                    f"{source}: {key} has unknown entries {unknown} (known: {', '.join(defaults[key])})"
+                )
+            value = {**config[key], **value}  # a partial mapping overrides only the entries it names
         config[key] = float(value) if isinstance(defaults[key], float) and value is not None else value
 
 
@@ -110,6 +117,8 @@ def _check(config: dict, source: str) -> None:
     mode = str(config["eval_mode"])
     if not (mode == "labeled" or (mode.startswith("uni") and mode[3:].isdigit())):
         raise bad("eval_mode", "uniN (N sampled items per positive) or labeled")
+    if config["test_from"] not in ("best", "last"):
+        raise bad("test_from", "must be best or last")
     min_clients = config["min_clients"]
     if min_clients is not None and not 1 <= min_clients <= len(config["scenarios"]):
         raise bad(

@@ -20,7 +20,10 @@ keep the client's own ids in a private table.
 - ``none``: plain weights (role ``expert``).
 
 Each expert layer is ``Linear -> BatchNorm1d -> ReLU`` (dropout first); BatchNorm's affine parameters and
-running statistics are ``private`` (FedBN). Gates: ``gate/<task>``; towers: ``tower/<task>``.
+running statistics have role ``norm`` (kept on the client by FedBN and PF-MSMTrec, averaged by FedAvg).
+Groups: ``expert/<k>`` (the shared / plain parts and BatchNorm of expert k), ``expert/<k>/<task>`` (its task
+parts), ``gate/<task>``, ``tower/<task>``, ``embedding/token`` (all shared token fields, one table with offsets),
+``embedding/token_seq:<field>``, ``embedding/float``.
 """
 
 from __future__ import annotations
@@ -256,6 +259,8 @@ class FederatedMMoE(MultiLabelRecommender):
                     out[name] = ("task", f"{expert}/{parts[5]}")
                 else:
                     out[name] = ("shared" if leaf.startswith("shared_") else "expert", expert)
-            else:  # private_table, BatchNorm (FedBN)
+            elif name.startswith("experts.") and parts[2] == "norms" and parts[-1] != "num_batches_tracked":
+                out[name] = ("norm", f"expert/{parts[1]}")  # FedBN keeps these; FedAvg averages them
+            else:  # the private table (user ids), BatchNorm's step counter
                 out[name] = ("private", None)
         return out
