@@ -157,6 +157,14 @@ def test_combiner_coordination_rescales_to_the_mean():
         agg.CombinerCoordination("uw", {})
 
 
+def test_random_combiner_is_seeded_per_round_and_unit():
+    pytest.importorskip("torch")
+    deltas = np.array([[1.0, 0], [0.0, 1], [1.0, 1]])
+    first, again = agg.CombinerCoordination("rlw", {}, seed=5), agg.CombinerCoordination("rlw", {}, seed=5)
+    np.testing.assert_array_equal(first("expert/0#shared", deltas, 3), again("expert/0#shared", deltas, 3))
+    assert not np.allclose(first("expert/0#shared", deltas, 3), first("expert/0#shared", deltas, 4))
+
+
 # ---------------------------------------------------------------------------------- personalized aggregation
 
 

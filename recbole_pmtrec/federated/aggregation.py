@@ -308,8 +308,10 @@ def aggregate_unit(
         coordinated = deltas
     elif conflict == "pcgrad":
         coordinated = pcgrad_updates(deltas, rng if rng is not None else np.random.default_rng(0))
-    else:
+    elif consensus is not None:
         coordinated = np.broadcast_to(consensus(deltas), deltas.shape)
+    else:
+        raise ValueError(f"conflict = {conflict!r} needs its consensus function (a CombinerCoordination)")
     if rule == "coordinated_mean":
         return np.broadcast_to(share @ starts + share @ coordinated, finals.shape).copy()
     weights = similarity_weights(deltas, temperature, n if example_weights else None)
