@@ -8,6 +8,8 @@ from pathlib import Path
 import recbole
 from recbole.config import Config as RecBoleConfig
 
+from recbole_pmtrec.validation import validate
+
 
 def properties_dir() -> Path:
     """The plugin's ``properties/`` folder, from an installed package or from a checkout."""
@@ -106,3 +108,4 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
         del self._recbole_files
+        validate({**self.internal_config_dict, **self.external_config_dict}, model_class)  # before any data

@@ -453,3 +453,67 @@ def test_seeds_section_is_checked(tmp_path):
     path.write_text(FAKE_SUITE + "seeds: {seeds: [1], datasets: {office: [ew, pcgrd]}}\n")
     with pytest.raises(ValueError, match="pcgrd"):
         load_suite(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- suite checks
+def _refused(tmp_path, text: str) -> str:
+    """load_suite's error for a suite file with ``text``; the message must name the file."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_suite(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+def test_a_misspelt_method_names_the_file_the_key_and_the_mtl_methods(tmp_path):
+    message = _refused(
+        tmp_path, FAKE_SUITE.replace("methods: [BPR, ew, rlw, pmtrec]", "methods: [BPR, pcgrd]")
+    )
+    assert "methods: unknown method 'pcgrd'" in message
+    assert "aligned_mtl, cagrad, dwa, ew" in message and "pcgrad" in message and "upgrad" in message
+    # a dataset's own list, and a seeds list, name their key
+    message = _refused(tmp_path, FAKE_SUITE.replace("office: {}", "office: {methods: [ew, Pmtrec]}"))
+    assert "datasets.office.methods: unknown method 'Pmtrec'" in message
+    message = _refused(tmp_path, FAKE_SUITE + "seeds: {seeds: [1], datasets: {office: [ew, pcgrd]}}\n")
+    assert "seeds.datasets.office: unknown method 'pcgrd'" in message
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        ("pmtrec_alpha: 1.1", "sensitivity.pmtrec_alpha must be a non-empty list of values, got 1.1"),
+        ("pmtrec_alpha: []", "sensitivity.pmtrec_alpha must be a non-empty list of values, got []"),
+        ("pmtrec_tau: 0.1", "sensitivity.pmtrec_tau must be a non-empty list of values, got 0.1"),
+        ("pmtrec_tau: [0.1, 0.0]", "sensitivity.pmtrec_tau: config key 'pmtrec_tau' has the value 0.0"),
+        ("pmtrec_alpha: [0.9, 1.1]", "sensitivity.pmtrec_alpha: config key 'pmtrec_alpha' has the value 0.9"),
+        ("pmtrec_alhpa: [1.1]", "sensitivity.pmtrec_alhpa: unknown key"),
+    ],
+)
+def test_a_scalar_empty_or_invalid_sensitivity_sweep_is_refused(tmp_path, sweep, expected):
+    text = FAKE_SUITE.replace(
+        "sensitivity: {datasets: [office], pmtrec_alpha: [1.0, 1.1, 1.2], pmtrec_tau: [1.0, 0.1]}",
+        f"sensitivity: {{datasets: [office], {sweep}}}",
+    )
+    assert expected in _refused(tmp_path, text)
+
+
+def test_a_grid_for_a_method_not_in_the_suite_is_refused(tmp_path):
+    text = FAKE_SUITE.replace(
+        "    pmtrec: {pmtrec_alpha: [1.0, 1.1], pmtrec_tau: [0.1, 0.01]}",
+        "    pmtrec: {pmtrec_alpha: [1.0, 1.1], pmtrec_tau: [0.1, 0.01]}\n    pcgrad: {learning_rate: [0.01]}",
+    )
+    message = _refused(tmp_path, text)
+    assert "tuning.method_grids.pcgrad: a grid for a method the suite does not run" in message
+    assert "BPR, ew, pmtrec, rlw" in message
+    # a dataset's grid for a method that dataset does not run
+    text = FAKE_SUITE.replace(
+        "office: {}", "office: {methods: [BPR, ew, rlw], method_grids: {pmtrec: {pmtrec_tau: [0.1]}}}"
+    )
+    message = _refused(tmp_path, text)
+    assert "datasets.office.method_grids.pmtrec: a grid for a method the dataset does not run" in message
+    # and a grid value the plugin refuses, with its key
+    text = FAKE_SUITE.replace("pmtrec_tau: [0.1, 0.01]}", "pmtrec_tau: [0.1, -0.01]}")
+    message = _refused(tmp_path, text)
+    assert "tuning.method_grids.pmtrec.pmtrec_tau: config key 'pmtrec_tau' has the value -0.01" in message

@@ -304,3 +304,21 @@ def test_config_names_the_file_and_key(tmp_path):
     assert config["pfm_role_rules"]["shared"] == "coordinated_mean"  # a partial mapping keeps the others
     for name in ("ml100k", "epinions", "aliexpress"):
         assert load_config(PROJECT_ROOT / f"properties/federated/{name}.yaml")["dataset"]
+
+
+# ------------------------------------------------------------------------------------------ centralized
+
+
+def test_centralized_reference_scores_every_scenario_on_the_clients_splits(tiny_config):
+    from recbole_pmtrec.federated import centralized
+
+    config = tiny_config(rounds=2, test_from="best")
+    record = centralized.run(config, log=lambda message: None)
+    assert record.strategy == "centralized" and len(record.rounds) == 2
+    assert set(record.test) == set(config["scenarios"]) and record.test_round in (1, 2)
+    for scenario, metrics in record.test.items():
+        assert {"auc@label", "auc@like", "logloss@label", "logloss@like"} <= set(metrics)
+        client = make_client(config, scenario, seed=config["seed"])
+        assert client.evaluate("test")["num_examples"] == metrics["num_examples"]
+        assert client.num_train == record.rounds[0].fit[scenario]["num_examples"]
+    assert "centralized" in record.summary_markdown() or record.summary_markdown()

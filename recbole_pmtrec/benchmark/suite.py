@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from recbole_pmtrec.config import properties_dir
+from recbole_pmtrec.validation import check_value
 
 MAIN_MODEL = "PMTRec"  # the model every mtl_method trains
 ABLATIONS = {"no_focusing": {"pmtrec_alpha": 1.0}, "no_balancing": {"pmtrec_tau": 1.0}}
@@ -131,14 +132,94 @@ def suites() -> list[str]:
     return sorted(p.stem for p in (properties_dir() / "benchmark").glob("*.yaml"))
 
 
+def _check_method(where: str, key: str, method) -> None:
+    """A suite's method: an mtl_method of PMTRec or a model name; the error names the file and the key."""
+    if isinstance(method, str) and is_mtl_method(method):
+        return
+    try:
+        if not isinstance(method, str):
+            raise ValueError(f"a method is a name, got {method!r}")
+        method_spec(method)
+    except ValueError:
+        raise ValueError(
+            f"{where}: {key}: unknown method {method!r}; a method is an mtl_method of PMTRec "
+            f"({', '.join(mtl_methods())}) or a model name (BPR, LightGCN, ...: any RecBole or plugin model)"
+        ) from None
+
+
+def _check_methods(where: str, key: str, methods) -> list:
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"{where}: {key} must be a non-empty list of methods, got {methods!r}")
+    for method in methods:
+        _check_method(where, key, method)
+    return methods
+
+
+def _check_grid(where: str, key: str, grid) -> None:
+    """``{knob: [values]}``: each a non-empty list, each plugin knob's value allowed (validation.py)."""
+    if not isinstance(grid, dict):
+        raise ValueError(f"{where}: {key} must be a mapping knob -> list of values, got {grid!r}")
+    for knob, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: grid {key}.{knob} must be a non-empty list, got {values!r}")
+        for value in values:
+            problem = check_value(knob, value)
+            if problem:
+                raise ValueError(f"{where}: {key}.{knob}: {problem}")
+
+
+def _check_config(where: str, key: str, config) -> None:
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: {key} must be a mapping of RecBole parameters, got {config!r}")
+    for knob, value in config.items():
+        problem = check_value(knob, value)
+        if problem:
+            raise ValueError(f"{where}: {key}.{knob}: {problem}")
+
+
+SENSITIVITY_KNOBS = ("pmtrec_alpha", "pmtrec_tau")
+
+
+def _check_sensitivity(where: str, sensitivity: dict) -> None:
+    """``datasets``: a list (empty: no sweep); each sweep given: a non-empty list of allowed values (a scalar
+    or an empty sweep is refused); datasets to sweep need at least one sweep."""
+    unknown = [k for k in sensitivity if k not in ("datasets", *SENSITIVITY_KNOBS)]
+    if unknown:
+        raise ValueError(
+            f"{where}: sensitivity.{unknown[0]}: unknown key; the section has datasets, "
+            + ", ".join(SENSITIVITY_KNOBS)
+        )
+    listed = sensitivity.get("datasets", [])
+    if not isinstance(listed, list):
+        raise ValueError(f"{where}: sensitivity.datasets must be a list of datasets, got {listed!r}")
+    for key in SENSITIVITY_KNOBS:
+        if key not in sensitivity:
+            continue
+        values = sensitivity[key]
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: sensitivity.{key} must be a non-empty list of values, got {values!r}")
+        for value in values:
+            problem = check_value(key, value)
+            if problem:
+                raise ValueError(f"{where}: sensitivity.{key}: {problem}")
+    if listed and not any(key in sensitivity for key in SENSITIVITY_KNOBS):
+        raise ValueError(
+            f"{where}: sensitivity: datasets {listed} but no sweep; give {' or '.join(SENSITIVITY_KNOBS)}"
+        )
+
+
 def load_suite(name_or_path: str) -> Suite:
     path = suite_file(name_or_path)
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     where = str(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a suite is a mapping with config, methods, tuning and datasets sections")
     for key in ("config", "methods", "tuning", "datasets"):
         if key not in raw:
             raise ValueError(f"{where}: the suite has no '{key}' section")
+    _check_config(where, "config", raw["config"])
+    _check_methods(where, "methods", raw["methods"])
     tuning = raw["tuning"]
     base_method = tuning.get("base_method", "ew")
     if not is_mtl_method(base_method):
@@ -147,8 +228,31 @@ def load_suite(name_or_path: str) -> Suite:
         )
     paper = raw.get("paper") or {}
     datasets = {}
+    all_methods = set(raw["methods"])
     for name, spec in raw["datasets"].items():
         spec = spec or {}
+        if "methods" in spec:
+            all_methods |= set(_check_methods(where, f"datasets.{name}.methods", spec["methods"]))
+        _check_config(where, f"datasets.{name}.config", spec.get("config") or {})
+    for method, grid in (tuning.get("method_grids") or {}).items():
+        _check_grid(where, f"tuning.method_grids.{method}", grid)
+        if method not in all_methods:
+            raise ValueError(
+                f"{where}: tuning.method_grids.{method}: a grid for a method the suite does not run; "
+                f"its methods: {', '.join(sorted(all_methods))}"
+            )
+    _check_grid(where, "tuning.base_grid", tuning.get("base_grid") or {})
+    for name, spec in raw["datasets"].items():
+        spec = spec or {}
+        methods = list(spec.get("methods") or raw["methods"])
+        for method, grid in (spec.get("method_grids") or {}).items():
+            _check_grid(where, f"datasets.{name}.method_grids.{method}", grid)
+            if method not in methods:
+                raise ValueError(
+                    f"{where}: datasets.{name}.method_grids.{method}: a grid for a method the dataset does "
+                    f"not run; its methods: {', '.join(methods)}"
+                )
+        _check_grid(where, f"datasets.{name}.base_grid", spec.get("base_grid") or {})
         method_grids = {**(tuning.get("method_grids") or {}), **(spec.get("method_grids") or {})}
         plan = DatasetPlan(
             name=name,
@@ -161,15 +265,10 @@ def load_suite(name_or_path: str) -> Suite:
             paper_label=(paper.get(name) or {}).get("label"),
             source=spec.get("dataset"),
         )
-        for method in plan.methods:
-            method_spec(method)  # fails early on a misspelt method
-        for grid_name, grid in [("base_grid", plan.base_grid), *plan.method_grids.items()]:
-            for knob, values in grid.items():
-                if not isinstance(values, list) or not values:
-                    raise ValueError(f"{where}: {name}: grid {grid_name}.{knob} must be a non-empty list")
-        datasets[name] = plan
+        datasets[name] = plan  # its methods and grids were checked above, each with its key
     ablation = list(raw.get("ablation") or [])
     sensitivity = dict(raw.get("sensitivity") or {})
+    _check_sensitivity(where, sensitivity)
     for listed in [*ablation, *sensitivity.get("datasets", [])]:
         if listed not in datasets:
             raise ValueError(f"{where}: ablation / sensitivity dataset '{listed}' is not in datasets")
@@ -207,7 +306,7 @@ def load_suite(name_or_path: str) -> Suite:
             if name not in datasets:
                 raise ValueError(f"{where}: seeds dataset '{name}' is not in datasets")
             for method in methods or []:
-                method_spec(method)
+                _check_method(where, f"seeds.datasets.{name}", method)
     return Suite(
         name=path.stem,
         path=path,

@@ -211,17 +211,7 @@ class ScenarioClient:
         data = {"valid": self.valid_data, "test": self.test_data}.get(split)
         if data is None:
             raise ValueError(f"split must be valid or test, not {split!r}")
-        trainer = self.personal_trainer or self.trainer
-        saved = rng.capture()
-        fixed = zlib.crc32(f"{self.seed}/{self.scenario}/{split}".encode())
-        random.seed(fixed), np.random.seed(fixed), torch.manual_seed(fixed)
-        try:
-            result = trainer.evaluate(data, load_best_model=False)
-        finally:
-            rng.restore_global(saved)
-        out = {k: float(v) for k, v in result.items() if "@" in k}
-        out["num_examples"] = float(len(data._dataset))
-        return out
+        return evaluate_split(self.personal_trainer or self.trainer, data, self.seed, self.scenario, split)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {}
@@ -281,6 +271,22 @@ class ScenarioClient:
             return trainer.train_epochs(self.train_data, self.epochs_done, epochs)
         finally:
             trainer.proximal = None
+
+
+def evaluate_split(trainer, data, seed: int, scenario: str, split: str) -> dict[str, float]:
+    """``auc@<task>``, ``logloss@<task>`` and ``num_examples`` of ``data`` through RecBole's evaluator. The sampled
+    negatives come from a fixed random state per (seed, scenario, split): every round, every strategy and the
+    centralized reference score the same rows; the caller's random state is left as it was."""
+    saved = rng.capture()
+    fixed = zlib.crc32(f"{seed}/{scenario}/{split}".encode())
+    random.seed(fixed), np.random.seed(fixed), torch.manual_seed(fixed)
+    try:
+        result = trainer.evaluate(data, load_best_model=False)
+    finally:
+        rng.restore_global(saved)
+    out = {k: float(v) for k, v in result.items() if "@" in k}
+    out["num_examples"] = float(len(data._dataset))
+    return out
 
 
 def make_client(fed_config: dict, scenario: str, seed: int) -> ScenarioClient:

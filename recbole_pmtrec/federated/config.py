@@ -119,6 +119,10 @@ def _check(config: dict, source: str) -> None:
         raise bad("eval_mode", "uniN (N sampled items per positive) or labeled")
     if config["test_from"] not in ("best", "last"):
         raise bad("test_from", "must be best or last")
+    if config["valid_after"] not in ("fit", "aggregate"):
+        raise bad("valid_after", "must be fit or aggregate")
+    if config["select_metric"] not in ("auc", "logloss"):
+        raise bad("select_metric", "must be auc or logloss")
     min_clients = config["min_clients"]
     if min_clients is not None and not 1 <= min_clients <= len(config["scenarios"]):
         raise bad(

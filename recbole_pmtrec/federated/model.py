@@ -151,13 +151,22 @@ class FederatedMMoE(MultiLabelRecommender):
 
     def bind(self, dataset) -> None:
         """Map ``dataset``'s RecBole ids of every shared field to rows of the common vocabulary."""
+        self.use_lookups(self.lookups_for(dataset))
+
+    def lookups_for(self, dataset) -> dict[str, torch.Tensor]:
+        """``{field: RecBole id -> common row}`` for ``dataset`` (row 0 for padding and unknown tokens)."""
+        lookups = {}
         for field in self.shared_fields + self.token_seq_field_names:
             row = {token: i + 1 for i, token in enumerate(self.vocabulary[field])}
             ids = [row.get(str(token), 0) for token in dataset.field2id_token[field]]
             ids[0] = 0  # RecBole's padding id
-            self.register_buffer(
-                f"lookup_{field}", torch.tensor(ids, dtype=torch.long, device=self.device), persistent=False
-            )
+            lookups[field] = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return lookups
+
+    def use_lookups(self, lookups: dict[str, torch.Tensor]) -> None:
+        """Switch to another dataset's id mapping (the centralized reference trains one model on every scenario)."""
+        for field, ids in lookups.items():
+            self.register_buffer(f"lookup_{field}", ids, persistent=False)
 
     def lookup(self, field: str, ids: torch.Tensor) -> torch.Tensor:
         return getattr(self, f"lookup_{field}")[ids.long()]
