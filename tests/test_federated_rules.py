@@ -7,9 +7,13 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from recbole_pmtrec.federated import aggregation as agg
+from recbole_pmtrec.federated.config import defaults_file
 from recbole_pmtrec.federated.strategies import STRATEGIES, make_strategy
+
+DEFAULTS = yaml.safe_load(defaults_file().read_text())  # every knob's default, as load_config merges them
 
 
 class FixedOrder:
@@ -258,6 +262,7 @@ GROUPS = {
     "tower.like": "tower/like",
 }
 CONFIG = {
+    **DEFAULTS,
     "strategy": "fedavg",
     "seed": 3,
     "local_epochs": 1,

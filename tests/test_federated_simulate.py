@@ -8,10 +8,14 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from recbole_pmtrec.federated import simulate
 from recbole_pmtrec.federated.aggregation import proximal_gradient
+from recbole_pmtrec.federated.config import defaults_file
 from recbole_pmtrec.federated.results import RunRecord, mean_metric
+
+DEFAULTS = yaml.safe_load(defaults_file().read_text())  # every knob's default, as load_config merges them
 
 TASKS = ("label", "like")
 ROLES = {
@@ -147,6 +151,7 @@ class LinearClient:
 
 
 BASE = {
+    **DEFAULTS,
     "scenarios": ["s0", "s1", "s2"],
     "seed": 7,
     "rounds": 4,
@@ -154,6 +159,7 @@ BASE = {
     "min_clients": None,
     "strategy": "fedavg",
     "prox_mu": 0.1,
+    "pfm_prox_mu": 0.1,
     "ditto_lambda": 0.1,
     "pfm_temperature": 0.5,
     "pfm_conflict": "pcgrad",

@@ -29,15 +29,13 @@ import time
 from collections.abc import Callable
 
 from recbole_pmtrec.federated.results import RoundRecord, RunRecord, critical_path, mean_metric
-from recbole_pmtrec.federated.strategies import make_strategy
+from recbole_pmtrec.federated.strategies import knob, make_strategy
 
-# Runtime knobs that properties/federated/defaults.yaml does not hold yet, with their proposed defaults.
-PROPOSED_DEFAULTS = {"test_from": "last", "valid_after": "fit", "select_metric": "auc"}
 CHOICES = {"test_from": ("best", "last"), "valid_after": ("fit", "aggregate")}
 
 
 def _knob(fed_config: dict, key: str) -> str:
-    value = str(fed_config[key] if key in fed_config else PROPOSED_DEFAULTS[key])
+    value = str(knob(fed_config, key))
     if value not in CHOICES.get(key, (value,)):
         raise ValueError(f"{key} = {value!r}: use one of {', '.join(CHOICES[key])}")
     return value

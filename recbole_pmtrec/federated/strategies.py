@@ -39,30 +39,18 @@ KEPT_ROLES = {
     "fedbn": FEDBN_KEPT_ROLES,
     "fedper": FEDPER_KEPT_ROLES,
 }
-# PF-MSMTrec knobs that properties/federated/defaults.yaml does not hold yet: their proposed defaults (a run's
-# config overrides them once the yaml has the keys; docs/FEDERATED.md "Knobs").
-PROPOSED_DEFAULTS = {
-    "pfm_role_rules": {
-        "embedding": "mean",
-        "shared": "coordinated_mean",
-        "task": "personalized",
-        "expert": "personalized",
-        "gate": "mean",
-        "tower": "personalized",
-        "norm": "local",
-    },
-    "pfm_tower_temperature": None,  # None = pfm_temperature
-    "pfm_example_weights": True,  # a_ij weighted by n_j: T -> inf gives FedAvg exactly
-}
 
 
 def knob(fed_config: dict, key: str):
-    """``fed_config[key]``, or its proposed default while ``defaults.yaml`` lacks the key."""
-    if key in fed_config:
+    """``fed_config[key]``; every knob's default lives in ``properties/federated/defaults.yaml``, which
+    ``config.load_config`` merges under a run's yaml."""
+    try:
         return fed_config[key]
-    if key in PROPOSED_DEFAULTS:
-        return PROPOSED_DEFAULTS[key]
-    raise KeyError(f"federated config has no {key!r}: add it to properties/federated/defaults.yaml")
+    except KeyError:
+        raise KeyError(
+            f"federated config has no {key!r}: load it with recbole_pmtrec.federated.config.load_config "
+            "(defaults from properties/federated/defaults.yaml)"
+        ) from None
 
 
 class RoleStrategy:
@@ -226,26 +214,26 @@ def make_strategy(fed_config: dict, roles: dict[str, str], groups: dict[str, str
         )
     options = {
         "strategy": name,
-        "local_epochs": int(fed_config.get("local_epochs", 1)),
+        "local_epochs": int(knob(fed_config, "local_epochs")),
         "prox_mu": 0.0,
         "ditto_lambda": 0.0,
         "personal_model": name == "ditto",
     }
     if name == "fedprox":
-        options["prox_mu"] = float(fed_config["prox_mu"])
+        options["prox_mu"] = float(knob(fed_config, "prox_mu"))
     if name == "ditto":
-        options["ditto_lambda"] = float(fed_config["ditto_lambda"])
-    seed = int(fed_config.get("seed", 0))
+        options["ditto_lambda"] = float(knob(fed_config, "ditto_lambda"))
+    seed = int(knob(fed_config, "seed"))
     if name != "pfmsmtrec":
         rules = {r: "mean" for r in SENDABLE_ROLES if r not in KEPT_ROLES[name]}
         return RoleStrategy(name, roles, groups, rules, options, seed=seed)
-    options["prox_mu"] = float(fed_config.get("pfm_prox_mu", fed_config["prox_mu"]))
+    options["prox_mu"] = float(knob(fed_config, "pfm_prox_mu"))
     rules = {role: rule for role, rule in dict(knob(fed_config, "pfm_role_rules")).items() if rule != "local"}
     if "private" in rules:
         raise ValueError(
             "pfm_role_rules: private arrays never leave a client; set private to local or leave it out"
         )
-    temperature = float(fed_config["pfm_temperature"])
+    temperature = float(knob(fed_config, "pfm_temperature"))
     tower_temperature = knob(fed_config, "pfm_tower_temperature")
     temperatures = {r: temperature for r in SENDABLE_ROLES}
     temperatures["tower"] = temperature if tower_temperature is None else float(tower_temperature)
@@ -255,7 +243,7 @@ def make_strategy(fed_config: dict, roles: dict[str, str], groups: dict[str, str
         groups,
         rules,
         options,
-        conflict=str(fed_config["pfm_conflict"]).lower(),
+        conflict=str(knob(fed_config, "pfm_conflict")).lower(),
         temperatures=temperatures,
         example_weights=bool(knob(fed_config, "pfm_example_weights")),
         seed=seed,
