@@ -135,16 +135,15 @@ def _bad_cell(path, line: int, field: str, value, what: str) -> ValueError:
 
 
 def _parse_floats(values: np.ndarray) -> np.ndarray:
-    """Float64 values of a string array (NaN where a cell does not parse), Python's float() semantics."""
+    """Float64 values of an object array of strings, parsed as RecBole's reader parses them (Python's
+    ``float``); NaN where a cell does not parse."""
     try:
-        return values.astype(str).astype(np.float64)
+        return values.astype(np.float64)
     except ValueError:
-        parsed = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        for i in np.flatnonzero(
-            ~np.isfinite(parsed)
-        ):  # to_numeric is stricter than float() on a few spellings
+        parsed = np.empty(len(values))
+        for i, value in enumerate(values):
             try:
-                parsed[i] = float(values[i])
+                parsed[i] = float(value)
             except ValueError:
                 parsed[i] = np.nan
         return parsed
@@ -238,8 +237,10 @@ def read_atomic(
                 if values[i] == "":
                     raise ValueError(f"{path}: line {lines[i]}: field '{name}' is empty (an id cannot be)")
                 raise _bad_cell(path, lines[i], name, values[i], "is a missing-value marker, not an id")
-            column = values.copy()
-            column[missing] = np.nan
+            column = values
+            if missing.any():
+                column = values.copy()
+                column[missing] = np.nan
             out[name] = column
         elif ftype == FeatureType.FLOAT:
             parsed = np.full(len(values), np.nan)
@@ -264,8 +265,10 @@ def read_atomic(
                     parsed[missing] = 0.0
             out[name] = parsed
         else:  # token_seq / float_seq: RecBole reads a missing cell as an empty sequence
-            column = values.copy()
-            column[missing] = ""
+            column = values
+            if missing.any():
+                column = values.copy()
+                column[missing] = ""
             if ftype == FeatureType.FLOAT_SEQ:
                 _check_float_seq(path, lines, name, column)
             out[name] = column
