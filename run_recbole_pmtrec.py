@@ -24,6 +24,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
     parser.add_argument("--max_evals", type=int, default=100, help="trials for random / bayes search")
     parser.add_argument("--output", default=None, help="tuning result table (default hyper_results/...)")
+    parser.add_argument(
+        "--save_trials",
+        action="store_true",
+        help="tuning: keep each trial's checkpoint, log file and TensorBoard folder (default: none are kept)",
+    )
     args, _unknown = parser.parse_known_args(argv)
     return args
 
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
             algo=args.algo,
             max_evals=args.max_evals,
             output=args.output,
+            save_trials=args.save_trials,
         )
     from recbole_pmtrec.quick_start import run_recbole_pmtrec
 

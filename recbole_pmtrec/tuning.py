@@ -1,4 +1,8 @@
-"""Hyperparameter tuning with RecBole's ``HyperTuning`` (hyperopt: exhaustive, random, bayes), in-process."""
+"""Hyperparameter tuning with RecBole's ``HyperTuning`` (hyperopt: exhaustive, random, bayes), in-process.
+
+A trial leaves no file behind unless asked (``save_trials=True``, ``--save_trials``): no checkpoint, no log
+file, no TensorBoard folder per trial (see :func:`recbole_pmtrec.quick_start.objective_function`); the
+result table is the tuning's one output."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ from recbole.trainer import HyperTuning
 from recbole_pmtrec.quick_start import objective_function
 
 
-def _model_objective(config_dict, config_file_list, model, dataset):
-    return objective_function({**config_dict, "model": model, "dataset": dataset}, config_file_list)
+def _model_objective(config_dict, config_file_list, model, dataset, save_trials=False):
+    return objective_function(
+        {**config_dict, "model": model, "dataset": dataset}, config_file_list, saved=save_trials
+    )
 
 
 def result_table(tuner: HyperTuning) -> str:
@@ -36,11 +42,23 @@ def result_table(tuner: HyperTuning) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tune(model, dataset, params_file, config_file_list=None, algo="exhaustive", max_evals=100, output=None):
+def tune(
+    model,
+    dataset,
+    params_file,
+    config_file_list=None,
+    algo="exhaustive",
+    max_evals=100,
+    output=None,
+    save_trials=False,
+):
     """Run a search over ``params_file`` (RecBole's format: ``name choice [..]``, ``uniform lo,hi``, ...),
-    write the result table (markdown) to ``output`` and return ``{"best_params", "best_score", "table"}``."""
+    write the result table (markdown) to ``output`` and return ``{"best_params", "best_score", "table"}``.
+
+    ``save_trials``: keep every trial's checkpoint (``checkpoint_dir``), log file (``log/``) and TensorBoard
+    folder (``log_tensorboard/``), as RecBole's own tuning does; off by default."""
     tuner = HyperTuning(
-        partial(_model_objective, model=model, dataset=dataset),
+        partial(_model_objective, model=model, dataset=dataset, save_trials=save_trials),
         params_file=params_file,
         fixed_config_file_list=config_file_list,
         algo=algo,

@@ -14,8 +14,12 @@ are RecBole's. One step:
    Jacobian of the gathered rows ``[T, P]``; the result is written into ``.grad`` once;
 5. the optimizer steps.
 
-The epoch number s of PMTRec's Task Focusing is ``epoch_idx + 1``; RecBole's ``resume_checkpoint`` restarts
-``epoch_idx`` after the saved epoch, so s continues after a resume. The combiner's state and the random
+Epochs are numbered as RecBole numbers them, from 0 (``epoch_idx``), in the log, in errors and in
+checkpoints. Only PMTRec's Task Focusing formula counts from 1: its s is ``epoch_idx + 1`` (epoch 0 is
+s = 1), which is what ``train_step`` and the combiners receive as ``epoch``. RecBole's ``resume_checkpoint``
+restarts ``epoch_idx`` after the saved epoch, so s continues after a resume. The epoch log gives each task's
+loss once, as the mean over the epoch's batches (``_train_epoch`` returns these means, so RecBole's
+``train_loss_dict`` and TensorBoard ``Loss/Train<i>`` use the same scale). The combiner's state and the random
 state of the run (``trainer/rng.py``: global generators, the training loader's, the auxiliary sampler's)
 are saved in the checkpoint and restored with it, so a resumed run trains exactly as an uninterrupted one.
 """
@@ -55,7 +59,8 @@ class MultiTaskTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ step
     def train_step(self, interaction, epoch: int) -> torch.Tensor:
-        """One optimisation step; returns the detached per-task losses ``[T]``. ``epoch`` counts from 1."""
+        """One optimisation step; returns the detached per-task losses ``[T]``. ``epoch`` is PMTRec's s,
+        RecBole's 0-based epoch + 1 (s = 1 in epoch 0)."""
         model = self.model
         out = model.multitask_forward(interaction)
         losses = torch.stack(out.losses)
@@ -182,10 +187,15 @@ class MultiTaskTrainer(Trainer):
                 self.dense_params[key].grad = part.detach()
 
     def _check_task_losses(self, losses: torch.Tensor, epoch: int) -> None:
+        """``epoch``: PMTRec's s (from 1); the error names RecBole's 0-based epoch, as the log does."""
         finite = torch.isfinite(losses.detach())
         if not bool(finite.all()):  # one device sync per step, not one per task
             bad = [name for name, ok in zip(self.task_names, finite.tolist()) if not ok]
-            raise ValueError(f"Training loss is not finite for task(s) {bad} at epoch {epoch}")
+            raise ValueError(
+                f"Training loss is not finite for task(s) {bad} at epoch {epoch - 1} "
+                f"(0-based, as in the log; PMTRec's s = {epoch}): "
+                + ", ".join(f"{n}={v}" for n, v in zip(self.task_names, losses.detach().tolist()))
+            )
 
     # ------------------------------------------------------------------------------------------ epoch
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
@@ -194,7 +204,7 @@ class MultiTaskTrainer(Trainer):
         if self._pending_loader_rng is not None:
             rng.restore_loader(self._pending_loader_rng, train_data)
             self._pending_loader_rng = None
-        epoch = epoch_idx + 1
+        epoch = epoch_idx + 1  # PMTRec's s: epoch 0 is s = 1
         self._weight_sums = {}
         iter_data = (
             tqdm(
@@ -211,9 +221,24 @@ class MultiTaskTrainer(Trainer):
             losses = self.train_step(interaction, epoch)
             total = losses.clone() if total is None else total + losses
             batches += 1
-        self.combiner.end_epoch(epoch, total / max(batches, 1))
-        self._log_epoch(epoch_idx, total / max(batches, 1))
-        return tuple(float(x) for x in total)
+        mean_losses = total / max(batches, 1)
+        self.combiner.end_epoch(epoch, mean_losses)
+        self._log_epoch(epoch_idx, mean_losses)
+        # the mean per batch (RecBole's Trainer returns the sum over batches): the one scale of the epoch log
+        return tuple(float(x) for x in mean_losses)
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        """RecBole's ``epoch N training`` line, with each task's loss by name and its scale said."""
+        places = self.config["loss_decimal_place"] or 4
+        parts = ", ".join(f"{name}={loss:.{places}f}" for name, loss in zip(self.task_names, losses))
+        return (
+            set_color(f"epoch {epoch_idx} training", "green")
+            + " ["
+            + set_color("time", "blue")
+            + f": {e_time - s_time:.2f}s, "
+            + set_color("task losses (mean per batch)", "blue")
+            + f": {parts}]"
+        )
 
     def _record_row_weights(self, table, touched):
         weights = getattr(self.combiner, "last_weights", None)
@@ -232,10 +257,7 @@ class MultiTaskTrainer(Trainer):
             sums[4] = sums[4] + touched.sum(dim=1).double()
 
     def _log_epoch(self, epoch_idx, mean_losses):
-        parts = [f"{name}={loss:.4f}" for name, loss in zip(self.task_names, mean_losses.tolist())]
-        self.logger.info(
-            set_color(f"epoch {epoch_idx} task losses (mean per batch)", "blue") + ": " + " ".join(parts)
-        )
+        # the losses themselves are logged once, in RecBole's "epoch N training" line (_generate_train_loss_output)
         for name, loss in zip(self.task_names, mean_losses.tolist()):
             self.tensorboard.add_scalar(f"TaskLoss/{name}", loss, epoch_idx)
         for table, (s, ss, n, norm_sum, norm_count) in self._weight_sums.items():
