@@ -161,6 +161,8 @@ def _prepare_ml100k(fed_config: dict) -> tuple[dict, dict]:
         low, high = ML100K_AGE_BANDS[scenario]
         own_users = users[(age >= low) & (age < high)]
         rows = inter[inter["user_id:token"].isin(own_users["user_id:token"])]
+        if rows.empty:
+            raise ValueError(f"ml-100k: scenario {scenario!r} has no rows (no user aged {low} to {high - 1})")
         own_items = items[items["item_id:token"].isin(rows["item_id:token"])]
         name, folder = scenario_name(fed_config, scenario), scenario_folder(fed_config, scenario)
         _write_atomic(rows, folder / f"{name}.inter")
@@ -260,6 +262,21 @@ def format_counts(dataset: str, counts: dict[str, dict]) -> str:
     for scenario, c in counts.items():
         lines.append(f"| {scenario} | " + " | ".join(f"{c.get(k, '')}" for k in columns) + " |")
     return "\n".join(lines)
+
+
+def inter_files(fed_config: dict, scenario: str) -> list[Path]:
+    """The scenario's interaction files: ``<name>.inter``, or the pre-split ``<name>.{train,valid,test}.inter``."""
+    name, folder = scenario_name(fed_config, scenario), scenario_folder(fed_config, scenario)
+    return sorted(folder.glob(f"{name}.inter")) + sorted(folder.glob(f"{name}.*.inter"))
+
+
+def has_rows(fed_config: dict, scenario: str) -> bool:
+    """Whether any interaction file of the scenario holds a row below its header."""
+    for path in inter_files(fed_config, scenario):
+        with open(path, "rb") as handle:
+            if sum(1 for _ in zip(range(2), handle)) > 1:
+                return True
+    return False
 
 
 def is_prepared(fed_config: dict) -> bool:
