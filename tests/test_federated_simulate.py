@@ -260,3 +260,56 @@ def test_clients_of_different_layout_are_refused():
 
     with pytest.raises(ValueError, match="client 's2' holds other arrays"):
         simulate.run(BASE, client_factory=factory, log=lambda line: None)
+
+
+def test_real_clients_on_tiny_ml100k_deterministic_and_nothing_kept_uploaded(tmp_path):
+    """simulate.run with the real client (RecBole data, FederatedMMoE) on a few ml-100k users per age band:
+    PF-MSMTrec with the additive template, twice, gives the same numbers; no upload holds a norm or private
+    array; BatchNorm stays personal and the towers personalized, the embeddings global."""
+    from test_federated_client import BANDS, SMALL, _tiny_ml100k
+
+    from recbole_pmtrec.federated import client as client_module
+    from recbole_pmtrec.federated import scenarios
+    from recbole_pmtrec.federated.config import load_config
+
+    (tmp_path / "raw").mkdir()
+    config = load_config(
+        None,
+        {
+            "dataset": "ml-100k",
+            "scenarios": list(BANDS),
+            "data_path": str(tmp_path / "data"),
+            "raw_path": str(_tiny_ml100k(tmp_path / "raw")),
+            "output_dir": str(tmp_path / "out"),
+            "train_batch_size": 128,
+            "recbole": {"use_gpu": False},
+            **SMALL,
+            "rounds": 2,
+            "strategy": "pfmsmtrec",
+            "pfm_template": "additive",
+        },
+    )
+    scenarios.prepare(config, verbose=False)
+    records, uploads, built = [], [], {}
+
+    def factory(fed_config, scenario, seed):
+        client = built[scenario] = client_module.make_client(fed_config, scenario, seed)
+        upload = client.upload
+        client.upload = lambda roles: uploads.append(upload(roles)) or uploads[-1]
+        return client
+
+    client_module._DATA_CACHE.clear()
+    for _ in range(2):
+        records.append(simulate.run(config, client_factory=factory, log=lambda line: None))
+    assert records[0].test == records[1].test and set(records[0].test) == set(BANDS)
+    assert [r.valid for r in records[0].rounds] == [r.valid for r in records[1].rounds]
+    roles = built["age_lt25"].roles()
+    assert uploads and all(roles[n] not in ("norm", "private") for upload in uploads for n in upload)
+    final = {s: c.upload({"embedding", "tower", "task"}) for s, c in built.items()}
+    names = {role: next(n for n, r in roles.items() if r == role) for role in ("embedding", "tower", "norm")}
+    assert all(
+        np.array_equal(final["age_lt25"][names["embedding"]], final[s][names["embedding"]]) for s in BANDS
+    )
+    assert not np.array_equal(final["age_lt25"][names["tower"]], final["age_ge45"][names["tower"]])
+    norms = {s: c.upload({"norm"})[names["norm"]] for s, c in built.items()}
+    assert not np.array_equal(norms["age_lt25"], norms["age_ge45"])
