@@ -353,3 +353,29 @@ def test_pfmsmtrec_rejects_bad_rules():
         make_strategy(
             {**CONFIG, "strategy": "pfmsmtrec", "pfm_role_rules": {"tower": "median"}}, ROLES, GROUPS
         )
+
+
+def test_stateful_combiner_state_resumes():
+    pytest.importorskip("torch")
+    config = {**CONFIG, "strategy": "pfmsmtrec", "pfm_conflict": "gradvac"}
+    rng = np.random.default_rng(4)
+    sent_names = [n for n, r in ROLES.items() if r not in ("norm", "private")]
+
+    def uploads():
+        return {c: {n: rng.normal(size=2) for n in sent_names} for c in ("a", "b", "c")}
+
+    first_round, second_round = uploads(), uploads()
+    strategy = make_strategy(config, ROLES, GROUPS)
+    strategy.initial(uploads())
+    strategy.aggregate(1, first_round, {"a": 1, "b": 2, "c": 3})
+    state = strategy.state()
+    assert any(k.startswith("combiner|") and k.endswith("cosine_targets") for k in state)
+    resumed = make_strategy(config, ROLES, GROUPS)
+    resumed.load_state(state)
+    out = strategy.aggregate(2, second_round, {"a": 1, "b": 2, "c": 3})
+    again = resumed.aggregate(2, second_round, {"a": 1, "b": 2, "c": 3})
+    assert all(np.array_equal(out[c][n], again[c][n]) for c in out for n in out[c])
+    forgetful = make_strategy(config, ROLES, GROUPS)  # without GradVac's targets the next round differs
+    forgetful.load_state({k: a for k, a in state.items() if not k.startswith("combiner|")})
+    other = forgetful.aggregate(2, second_round, {"a": 1, "b": 2, "c": 3})
+    assert not all(np.array_equal(out[c][n], other[c][n]) for c in out for n in out[c])

@@ -167,7 +167,8 @@ class CombinerCoordination:
     consensus update of the unit.
 
     Refused: the loss-driven combiners (UW, GradNorm, DWA: the server has no client losses) and the per-row
-    PMTRec. Stateful ones (GradVac, Nash-MTL) keep one instance per unit and client count; random ones (RLW)
+    PMTRec. Stateful ones (GradVac, Nash-MTL) keep one instance per unit and client count, whose buffers
+    travel in :meth:`state` (the strategy's resume state); random ones (RLW)
     draw from a torch generator seeded by (seed, round, unit), so both runtimes give the same numbers.
     Knobs: the combiner's own (``properties/combiners.yaml``), read from ``knobs`` first. Needs torch
     (imported here only: the rest of this module is numpy)."""
@@ -217,6 +218,27 @@ class CombinerCoordination:
                 )
             self._scales[num_clients] = scale
         return self._scales[num_clients]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The stateful combiners' buffers (GradVac's targets, Nash-MTL's weights), as ``unit|N|buffer``."""
+        return {
+            f"{unit}|{num_clients}|{key}": tensor.detach().cpu().numpy().copy()
+            for (unit, num_clients), combiner in self._combiners.items()
+            for key, tensor in combiner.state_dict().items()
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state` (combiners of the units it names are rebuilt and loaded)."""
+        import torch
+
+        buffers: dict[tuple[str, int], dict] = {}
+        for name, array in arrays.items():
+            unit, num_clients, key = name.rsplit("|", 2)
+            buffers.setdefault((unit, int(num_clients)), {})[key] = torch.as_tensor(np.array(array))
+        self._combiners = {}
+        for (unit, num_clients), state in buffers.items():
+            combiner = self._combiners[(unit, num_clients)] = self._build(num_clients)
+            combiner.load_state_dict(state)
 
     def __call__(self, unit: str, updates: np.ndarray, server_round: int) -> np.ndarray:
         """The consensus update ``[P]`` of the clients' updates ``[N, P]`` for this unit and round."""

@@ -156,6 +156,8 @@ class RoleStrategy:
             if "/" in client:
                 raise ValueError(f"client id {client!r} must not contain '/' (it keys the server state)")
             state.update({f"sent/{client}/{n}": a for n, a in arrays.items()})
+        if self.consensus is not None:
+            state.update({f"combiner|{k}": a for k, a in self.consensus.state().items()})
         return state
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -165,6 +167,9 @@ class RoleStrategy:
             if key.startswith("sent/"):
                 client, array_name = key[len("sent/") :].split("/", 1)
                 self.sent.setdefault(client, {})[array_name] = np.array(array, copy=True)
+        if self.consensus is not None:
+            prefix = "combiner|"
+            self.consensus.load_state({k[len(prefix) :]: a for k, a in state.items() if k.startswith(prefix)})
 
     # ---- helpers --------------------------------------------------------------------------------------
     def _outgoing(self, arrays: dict) -> dict[str, dict[str, np.ndarray]]:
