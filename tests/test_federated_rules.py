@@ -53,6 +53,21 @@ def test_proximal_terms_numpy_and_torch():
     np.testing.assert_allclose(v.grad.numpy(), agg.proximal_gradient(w, anchor, 0.5))
 
 
+def test_rowwise_mean_hand_case():
+    starts = np.array([[[0.0, 0], [0, 0], [1, 1]]] * 2)
+    finals = starts + np.array([[[1.0, 1], [0, 0], [2, 0]], [[3.0, 3], [0, 0], [0, 0]]])
+    # row 0, both changed: (1*1 + 3*3) / 4 = 2.5;  row 1, nobody: stays 0;  row 2, only client 1: [1, 1] + [2, 0]
+    np.testing.assert_allclose(agg.rowwise_mean(starts, finals, [1, 3]), [[2.5, 2.5], [0, 0], [3, 1]])
+    # every row changed by every client: FedAvg
+    finals = starts + 1 + np.arange(12.0).reshape(2, 3, 2)
+    np.testing.assert_allclose(agg.rowwise_mean(starts, finals, [1, 3]), (1 * finals[0] + 3 * finals[1]) / 4)
+    # a vector is a table of one-number rows; one client is the identity
+    np.testing.assert_allclose(
+        agg.rowwise_mean(np.zeros((2, 2)), np.array([[1.0, 0], [3.0, 0]]), [1, 1]), [2, 0]
+    )
+    np.testing.assert_allclose(agg.rowwise_mean(starts[:1], finals[:1], [5]), finals[0])
+
+
 # ---------------------------------------------------------------------------------------- FedBN / FedPer
 
 
@@ -379,3 +394,16 @@ def test_stateful_combiner_state_resumes():
     forgetful.load_state({k: a for k, a in state.items() if not k.startswith("combiner|")})
     other = forgetful.aggregate(2, second_round, {"a": 1, "b": 2, "c": 3})
     assert not all(np.array_equal(out[c][n], other[c][n]) for c in out for n in out[c])
+
+
+def test_pfmsmtrec_rowwise_embeddings():
+    rules = {**DEFAULTS["pfm_role_rules"], "embedding": "rowwise_mean"}
+    strategy = make_strategy({**CONFIG, "strategy": "pfmsmtrec", "pfm_role_rules": rules}, ROLES, GROUPS)
+    sent = sorted(n for n, r in ROLES.items() if r in strategy.sent_roles())
+    zero = {n: np.zeros(2) for n in sent}
+    strategy.initial({"a": zero, "b": zero})
+    up = {"a": dict(zero), "b": dict(zero)}
+    up["a"]["emb"], up["b"]["emb"] = np.array([4.0, 0]), np.array([0.0, 8])  # each changed one "row"
+    out = strategy.aggregate(1, up, {"a": 1, "b": 3})
+    np.testing.assert_array_equal(out["a"]["emb"], [4, 8])  # FedAvg: [1, 6]
+    np.testing.assert_array_equal(out["b"]["emb"], [4, 8])

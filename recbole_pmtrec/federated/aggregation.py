@@ -58,6 +58,29 @@ def fedavg(
     return {name: weighted_mean([uploads[c][name] for c in clients], weights) for name in names}
 
 
+def rowwise_mean(starts: np.ndarray, finals: np.ndarray, num_examples: Sequence[float]) -> np.ndarray:
+    """FedAvg per row of a table (axis 1 of ``starts`` / ``finals`` ``[N, R, ...]``) over the clients that
+    changed that row:
+
+        theta[r] = start[r] + sum_{i in C_r} n_i delta_i[r] / sum_{i in C_r} n_i,   C_r = {i : delta_i[r] != 0}
+
+    (start = the n-weighted mean of the starts, equal on every client for a global table). A row no client
+    changed keeps its start; when every client changes every row this is FedAvg. Meant for embedding tables
+    over a common vocabulary, where a client never sees most rows (Epinions' category scenarios share no
+    items) and plain FedAvg shrinks every row's update by its clients' share of the examples. Float64."""
+    starts = np.asarray(starts, dtype=np.float64)
+    shape = starts.shape[1:]
+    rows = shape[0] if shape else 1
+    starts = starts.reshape(len(starts), rows, -1)
+    deltas = np.asarray(finals, dtype=np.float64).reshape(starts.shape) - starts
+    n = np.asarray(num_examples, dtype=np.float64)
+    weights = (deltas != 0).any(axis=2) * n[:, None]  # [N, R]: n_i where client i changed row r
+    total = weights.sum(axis=0)
+    weights = weights / np.where(total > 0, total, 1.0)
+    start = np.tensordot(n / n.sum(), starts, axes=1)
+    return (start + np.einsum("nr,nrd->rd", weights, deltas)).reshape(shape)
+
+
 # --------------------------------------------------------------------------------- local objective terms
 
 
@@ -290,7 +313,8 @@ def similarity_weights(
 
 # ----------------------------------------------------------------------------------------- one unit, N clients
 
-UNIT_RULES = ("mean", "coordinated_mean", "personalized")
+UNIT_RULES = ("mean", "coordinated_mean", "personalized")  # on a unit's flattened vector: aggregate_unit
+ROW_RULES = ("rowwise_mean",)  # per array, along its first axis: rowwise_mean
 
 
 def aggregate_unit(

@@ -11,8 +11,8 @@ fedprox    as fedavg; clients add ``prox_mu/2 ||w - w_g||^2``
 ditto      as fedavg over the clients' global copies; clients keep a personal model (``ditto_lambda``)
 fedbn      as fedavg, but ``norm`` (BatchNorm affine + running statistics) stays on the client
 fedper     as fedavg, but ``tower`` stays on the client
-pfmsmtrec  ``pfm_role_rules``: per role ``mean`` | ``coordinated_mean`` | ``personalized`` | ``local``, with
-           conflict coordination ``pfm_conflict`` and temperature ``pfm_temperature`` (docs/FEDERATED.md)
+pfmsmtrec  ``pfm_role_rules``: per role ``mean`` | ``rowwise_mean`` | ``coordinated_mean`` | ``personalized``
+           | ``local``, with conflict coordination ``pfm_conflict``, temperature ``pfm_temperature``
 =========  ===================================================================================================
 """
 
@@ -23,9 +23,11 @@ import numpy as np
 from recbole_pmtrec.federated.aggregation import (
     FEDBN_KEPT_ROLES,
     FEDPER_KEPT_ROLES,
+    ROW_RULES,
     UNIT_RULES,
     CombinerCoordination,
     aggregate_unit,
+    rowwise_mean,
     stable_seed,
 )
 
@@ -71,11 +73,12 @@ class RoleStrategy:
         seed: int = 0,
         combiner_knobs: dict | None = None,
     ):
-        bad = {r: rule for r, rule in rules.items() if r not in SENDABLE_ROLES or rule not in UNIT_RULES}
+        known = (*UNIT_RULES, *ROW_RULES)
+        bad = {r: rule for r, rule in rules.items() if r not in SENDABLE_ROLES or rule not in known}
         if bad:
             raise ValueError(
                 f"{name}: bad role rules {bad}: roles {', '.join(SENDABLE_ROLES)} (never private), rules "
-                f"{', '.join(UNIT_RULES)}"
+                f"{', '.join(known)} or local"
             )
         self.name = name
         self.roles = dict(roles)
@@ -127,6 +130,9 @@ class RoleStrategy:
         weights = [float(num_examples[c]) for c in clients]
         for unit, names in self.units.items():
             rule = self.rules[self.roles[names[0]]]
+            if rule in ROW_RULES:
+                self._aggregate_rows(clients, uploads, weights, names)
+                continue
             finals = np.stack([_flatten(uploads[c], names) for c in clients])
             starts = np.stack([_flatten(self.sent[c], names) for c in clients])
             rows = aggregate_unit(
@@ -172,6 +178,17 @@ class RoleStrategy:
             self.consensus.load_state({k[len(prefix) :]: a for k, a in state.items() if k.startswith(prefix)})
 
     # ---- helpers --------------------------------------------------------------------------------------
+    def _aggregate_rows(
+        self, clients: list[str], uploads: dict, weights: list[float], names: list[str]
+    ) -> None:
+        """``rowwise_mean`` per array of a unit; every client (also one missing this round) gets the result."""
+        for array_name in names:
+            starts = np.stack([self.sent[c][array_name] for c in clients])
+            finals = np.stack([uploads[c][array_name] for c in clients])
+            merged = rowwise_mean(starts, finals, weights)
+            for client in self.sent:
+                self.sent[client].update(_unflatten(merged.ravel(), self.sent[client], [array_name]))
+
     def _outgoing(self, arrays: dict) -> dict[str, dict[str, np.ndarray]]:
         return {c: {n: np.array(a[n], copy=True) for n in self.sent_names} for c, a in arrays.items()}
 
