@@ -247,10 +247,9 @@ def test_a_clean_file_reads_as_recbole_reads_it(fast_config, tmp_path):
 def test_ml100k_files_parse_strictly():
     """ml-100k as shipped in RecBole's wheel (token_seq titles and classes) passes the strict reader."""
     folder = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
-    sizes = {
-        suffix: len(read_atomic(folder / f"ml-100k.{suffix}").frame) for suffix in ("inter", "item", "user")
-    }
-    assert sizes == {"inter": 100_000, "item": 1_682, "user": 943}
+    suffixes = ("inter", "item", "user", "kg", "link")
+    sizes = {suffix: len(read_atomic(folder / f"ml-100k.{suffix}").frame) for suffix in suffixes}
+    assert sizes == {"inter": 100_000, "item": 1_682, "user": 943, "kg": 91_631, "link": 1_598}
     item = read_atomic(folder / "ml-100k.item")
     assert [(n, t.value) for n, t in item.header] == [
         ("item_id", "token"),
@@ -302,6 +301,19 @@ def test_rows_dropped_by_recbole_filters_are_counted_per_reason(fast_config, tmp
     assert "Rows dropped from toy.item: 1 (1 repeated item_id (first row kept))" in plain
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "toy.inter" in r.getMessage()]
     assert warned  # ids missing from .item are a data inconsistency: a warning
+
+
+def test_knowledge_graph_filters_are_counted_too(fast_config, caplog):
+    """A built-in knowledge-based model (CKE) gets RecBole's KnowledgeBasedDataset behind the strict reader;
+    interactions whose item has no entity in ml-100k.link are counted."""
+    caplog.set_level(logging.INFO)
+    dataset = create_dataset(Config("CKE", "ml-100k", config_dict=fast_config))
+    assert type(dataset).__name__ == "StrictKnowledgeBasedDataset"
+    assert dataset.filter_counts == {
+        "ml-100k.inter": {"item without an entity in .link": 100_000 - dataset.inter_num}
+    }
+    assert dataset.inter_num < 100_000
+    assert any("Rows dropped from ml-100k.inter" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------------- undeclared relations

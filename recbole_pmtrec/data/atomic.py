@@ -307,6 +307,9 @@ _FILTER_REASONS = {
     "_filter_by_field_value": "outside val_interval",
     "_filter_inter_by_user_or_item": "user or item without a row in .user / .item (filter_inter_by_user_or_item)",
     "_filter_by_inter_num": "interaction-count filter / k-core (user_inter_num_interval, item_inter_num_interval)",
+    # KnowledgeBasedDataset
+    "_filter_kg_by_triple_num": "triple-count filter (entity_kg_num_interval, relation_kg_num_interval)",
+    "_filter_link": "item without an entity in .link",
 }
 _WARN_REASONS = ("_filter_inter_by_user_or_item", "_filter_nan_user_or_item")
 
@@ -458,6 +461,12 @@ class StrictAtomicMixin:
 
     def _filter_by_inter_num(self):
         return self._counted("_filter_by_inter_num", super()._filter_by_inter_num)
+
+    def _filter_kg_by_triple_num(self):  # called by KnowledgeBasedDataset only
+        return self._counted("_filter_kg_by_triple_num", super()._filter_kg_by_triple_num)
+
+    def _filter_link(self):  # called by KnowledgeBasedDataset only
+        return self._counted("_filter_link", super()._filter_link)
 
     def _data_processing(self):
         super()._data_processing()
