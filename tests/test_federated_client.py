@@ -144,6 +144,25 @@ def test_layout_is_identical_on_every_client(tiny_config, template):
     assert set(a.groups()) == {n for n, r in roles.items() if r != "private"}
 
 
+@pytest.mark.parametrize("template", ["additive", "partition", "none"])
+def test_multitask_forward_gives_the_plain_forward_losses(tiny_config, template):
+    """Each task's own copy of the rows, its own expert pass only: the same losses as one plain forward, and
+    each task's loss reaches only its own copy of the gathered rows."""
+    client = make_client(tiny_config(pfm_template=template), "age_lt25", seed=0)
+    model = client.model.train()
+    batch = next(iter(client.train_data))
+    with torch.no_grad():  # the experts' task and private parts away from 0, so every term counts
+        for name, param in model.named_parameters():
+            if "task_" in name or "private_" in name:
+                param.normal_(0.0, 0.1)
+    out = model.multitask_forward(batch)
+    torch.testing.assert_close(torch.stack(out.losses), torch.stack(model.calculate_loss(batch)))
+    grads = torch.autograd.grad(out.losses[0], [g.rows for g in out.gathers], allow_unused=True)
+    for grad, gather in zip(grads, out.gathers):
+        reached = grad is not None and bool(grad.abs().sum() > 0)
+        assert reached == (gather.task == 0), (gather.task, gather.table)
+
+
 def test_common_vocabulary_maps_a_token_to_the_same_row_on_two_clients(tiny_config):
     config = tiny_config()
     a, b = (make_client(config, s, seed=0) for s in ("age_lt25", "age_25_34"))

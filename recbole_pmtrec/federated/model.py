@@ -13,8 +13,8 @@ keep the client's own ids in a private table.
 
 - ``additive``: task ``t`` runs expert ``k`` of scenario ``s`` with ``W_k^G + W_{k,t}^T + W_k^(S,s)``
   (roles ``shared`` / ``task`` / ``private``; ``W^T`` and ``W^(S)`` start at 0, so every client starts from
-  the global template). Each task's pass through the experts therefore has its own weights; BatchNorm
-  normalises the pre-activations of all tasks' passes together.
+  the global template). Each task's pass through the experts therefore has its own weights, and its
+  own BatchNorm.
 - ``partition``: the layer's output units are split once: the first ``round(pfm_partition_shared * H)``
   rows of ``W`` are shared (role ``shared``), the rest private (role ``private``).
 - ``none``: plain weights (role ``expert``).
@@ -29,9 +29,11 @@ parts), ``gate/<task>``, ``tower/<task>``, ``embedding/token`` (all shared token
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recbole_pmtrec.model.multilabel import MultiLabelRecommender, RowGather, mix
+from recbole_pmtrec.model.multitask import MultiTaskOutput
 
 
 class TemplateLinear(nn.Module):
@@ -79,29 +81,47 @@ class TemplateLinear(nn.Module):
         return self.weight.unsqueeze(0), self.bias.unsqueeze(0)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h[P, N, in]`` (P = 1 or ``passes``) -> ``[passes, N, out]``."""
+        """``h[P, N, in]`` -> ``[max(P, passes), N, out]``: pass p of ``h`` meets weight set p when there are
+        several; a single input or a single weight set is shared by all."""
         w, b = self.weights()
-        if h.shape[0] != w.shape[0]:
-            h = h.expand(w.shape[0], -1, -1)
+        passes = max(h.shape[0], w.shape[0])
+        h, w, b = h.expand(passes, -1, -1), w.expand(passes, -1, -1), b.expand(passes, -1)
         return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 
 class TemplateExpert(nn.Module):
-    """An expert MLP of template layers, each followed by BatchNorm and ReLU."""
+    """An expert MLP of template layers, each followed by BatchNorm and ReLU.
+
+    BatchNorm normalises each pass on its own, so that no pass's output depends on another pass's rows: under
+    ``additive`` every task's pass has its own BatchNorm (its weights differ); with one weight set, the
+    copies of a batch that the multi-task trainer stacks (one per task, identical rows) share one BatchNorm,
+    the first copy updating its running statistics, the others using the same batch statistics.
+    """
 
     def __init__(self, in_dim: int, sizes: list[int], dropout: float, **template):
         super().__init__()
         dims = [in_dim, *sizes]
         self.linears = nn.ModuleList(TemplateLinear(a, b, **template) for a, b in zip(dims[:-1], dims[1:]))
-        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in dims[1:])
+        passes = self.linears[0].passes
+        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm1d(b) for _ in range(passes)) for b in dims[1:])
         self.dropout = nn.Dropout(dropout)
 
+    @staticmethod
+    def _normalize(norms: nn.ModuleList, z: torch.Tensor) -> torch.Tensor:
+        out = []
+        for p in range(z.shape[0]):
+            norm = norms[p] if len(norms) > 1 else norms[0]
+            if len(norms) == 1 and p > 0 and norm.training:
+                out.append(F.batch_norm(z[p], None, None, norm.weight, norm.bias, True, 0.0, norm.eps))
+            else:
+                out.append(norm(z[p]))
+        return torch.stack(out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x[N, in]`` -> ``[passes, N, out]``."""
-        h = x.unsqueeze(0)
-        for linear, norm in zip(self.linears, self.norms):
-            z = linear(self.dropout(h))
-            h = torch.relu(norm(z.reshape(-1, z.shape[-1])).view_as(z))
+        """``x[N, in]`` or one input per pass ``x[P, N, in]`` -> ``[passes, N, out]``."""
+        h = x.unsqueeze(0) if x.dim() == 2 else x
+        for linear, norms in zip(self.linears, self.norms):
+            h = torch.relu(self._normalize(norms, linear(self.dropout(h))))
         return h
 
 
@@ -242,6 +262,21 @@ class FederatedMMoE(MultiLabelRecommender):
             reps.append(mix(w, outputs[t if outputs.shape[0] > 1 else 0]))
             weights[f"gate/{task}"] = w
         return reps, weights
+
+    def multitask_forward(self, interaction) -> MultiTaskOutput:
+        """As the base class (task t's loss from its own copy of the gathered rows), computing for copy t only
+        task t's expert pass, gate and tower: ``1/T`` of the base's work, the same losses."""
+        embedded = [self.embed(interaction, task=t) for t in range(self.num_tasks)]
+        x = torch.stack([e for e, _ in embedded])  # [T, B, input_dim]
+        outputs = torch.stack([expert(x) for expert in self.experts], dim=2)  # [T, B, E, H]
+        logits = [
+            self.towers[t](mix(torch.softmax(self.gates[task](x[t]), dim=-1), outputs[t]))
+            for t, task in enumerate(self.task_names)
+        ]
+        return MultiTaskOutput(
+            losses=self.task_losses(torch.cat(logits, dim=1), interaction),
+            gathers=[g for _, gs in embedded for g in gs],
+        )
 
     # ------------------------------------------------------------------------------------ roles, groups
 
