@@ -63,12 +63,12 @@ def inter_with(row: str, at: int = 3, end: str = "\n") -> str:
         # missing last column: RecBole would fill the timestamp with the column mean
         (
             "u1\ti4\t3",
-            r"toy\.inter: line 5: 3 fields where the header has 4 .*field 'timestamp' is missing in 'u1\\ti4\\t3'",
+            r"toy\.inter: line 5: 3 fields where the header has 4 .*field 'timestamp' is missing \(or an earlier one, shifting the rest left\) in 'u1\\ti4\\t3'",
         ),
         # missing middle column (the item): RecBole would shift it to item "3", rating 881250949
         (
             "u1\t3\t881250949",
-            r"toy\.inter: line 5: 3 fields .*field 'timestamp' is missing in 'u1\\t3\\t881250949'",
+            r"toy\.inter: line 5: 3 fields .*field 'timestamp' is missing \(or an earlier one, shifting the rest left\) in 'u1\\t3\\t881250949'",
         ),
         (
             "u1\ti4\t3\t104\t7",
@@ -313,6 +313,12 @@ def test_knowledge_graph_filters_are_counted_too(fast_config, caplog):
         "ml-100k.inter": {"item without an entity in .link": 100_000 - dataset.inter_num}
     }
     assert dataset.inter_num < 100_000
+    from recbole.data.dataset import SequentialDataset
+
+    from recbole_pmtrec.data import atomic
+
+    # any RecBole dataset class has its strict twin by name (a pickled strict dataset unpickles anywhere)
+    assert atomic.StrictSequentialDataset.__mro__[1:3] == (atomic.StrictAtomicMixin, SequentialDataset)
     assert any("Rows dropped from ml-100k.inter" in r.getMessage() for r in caplog.records)
 
 

@@ -190,7 +190,7 @@ def read_atomic(
         cut = i == len(starts) - 1 and not data.endswith(b"\n") and found < len(header)
         what = f"{found} fields where the header has {len(header)} ({', '.join(names)}): "
         what += (
-            f"field '{names[found]}' is missing"
+            f"field '{names[found]}' is missing (or an earlier one, shifting the rest left)"
             if found < len(header)
             else f"extra field after '{names[-1]}'"
         )
@@ -493,6 +493,18 @@ def _header_of(filepath, config) -> list[tuple[str, FeatureType]]:
 
 
 _STRICT_CLASSES: dict[type, type] = {}
+
+
+def __getattr__(name: str):
+    """``Strict<Name>`` for any dataset class of ``recbole.data.dataset``, built on first use (so a pickled
+    strict dataset, ``save_dataset: True``, unpickles in a fresh process)."""
+    if name.startswith("Strict"):
+        import recbole.data.dataset
+
+        base = getattr(recbole.data.dataset, name[len("Strict") :], None)
+        if isinstance(base, type):
+            return strict_dataset_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def strict_dataset_class(dataset_class: type) -> type:
