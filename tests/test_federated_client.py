@@ -341,3 +341,34 @@ def test_centralized_reference_scores_every_scenario_on_the_clients_splits(tiny_
         assert client.evaluate("test")["num_examples"] == metrics["num_examples"]
         assert client.num_train == record.rounds[0].fit[scenario]["num_examples"]
     assert "centralized" in record.summary_markdown() or record.summary_markdown()
+
+
+def test_sampled_evaluation_rows(tiny_config):
+    """uni9: every valid positive with 9 items its user never had, all labels 0 on them; drawn once."""
+    from recbole_pmtrec.federated.client import evaluation_data
+
+    config = tiny_config()
+    client = make_client(config, "age_35_44", seed=4)
+    rows = evaluation_data(config, "age_35_44", 4, "valid")
+    assert rows is evaluation_data(config, "age_35_44", 4, "valid")
+    data = [batch[0] for batch in rows]
+    users = torch.cat([b["user_id"] for b in data])
+    items = torch.cat([b["item_id"] for b in data])
+    label = torch.cat([b["label"] for b in data])
+    like = torch.cat([b["like"] for b in data])
+    positives = client.valid_data._dataset.inter_feat
+    n = len(positives)
+    assert len(users) == 10 * n and int(label.sum()) == n and bool((label[:n] == 1).all())
+    torch.testing.assert_close(like[:n], positives["like"].float())
+    assert not bool(like[n:].any())
+    splits = (client.train_data, client.valid_data, client.test_data)
+    had = {
+        (int(u), int(i))
+        for d in splits
+        for u, i in zip(d._dataset.inter_feat["user_id"], d._dataset.inter_feat["item_id"])
+    }
+    assert not any((int(u), int(i)) in had for u, i in zip(users[n:], items[n:]))
+    torch.testing.assert_close(users[n:], positives["user_id"].repeat_interleave(9))
+    genres = torch.cat([b["class"] for b in data])  # item features joined for the sampled items too
+    item_genres = client.train_data._dataset.item_feat["class"]
+    torch.testing.assert_close(genres, item_genres[items])

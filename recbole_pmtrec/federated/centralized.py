@@ -23,7 +23,7 @@ import time
 import torch
 
 from recbole_pmtrec.federated import scenarios as scenario_data
-from recbole_pmtrec.federated.client import LocalTrainer, evaluate_split, load_scenario
+from recbole_pmtrec.federated.client import LocalTrainer, evaluate_split, evaluation_data, load_scenario
 from recbole_pmtrec.federated.model import FederatedMMoE
 from recbole_pmtrec.federated.results import RoundRecord, RunRecord, mean_metric
 
@@ -89,7 +89,7 @@ def run(fed_config: dict, log=print) -> RunRecord:
         valid = {}
         for s in names:
             model.use_lookups(lookups[s])
-            valid[s] = evaluate_split(trainer, data[s][2], seed, s, "valid")
+            valid[s] = evaluate_split(trainer, evaluation_data(fed_config, s, seed, "valid"))
         wall = time.perf_counter() - start
         record.add_round(
             RoundRecord(
@@ -113,7 +113,7 @@ def run(fed_config: dict, log=print) -> RunRecord:
         record.test_round = epochs
     for s in names:
         model.use_lookups(lookups[s])
-        record.test[s] = evaluate_split(trainer, data[s][3], seed, s, "test")
+        record.test[s] = evaluate_split(trainer, evaluation_data(fed_config, s, seed, "test"))
     return record
 
 

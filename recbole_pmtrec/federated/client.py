@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import init_seed
 
 from recbole_pmtrec.config import Config
@@ -42,6 +42,7 @@ from recbole_pmtrec.trainer.multilabel import MultiLabelTrainer
 from recbole_pmtrec.utils import close_tensorboard, create_dataset, data_preparation
 
 _DATA_CACHE: dict[tuple, tuple] = {}
+_EVAL_CACHE: dict[tuple, list] = {}
 
 
 def recbole_config_dict(fed_config: dict, scenario: str, seed: int) -> tuple[dict, list[str]]:
@@ -208,10 +209,8 @@ class ScenarioClient:
         return metrics
 
     def evaluate(self, split: str) -> dict[str, float]:
-        data = {"valid": self.valid_data, "test": self.test_data}.get(split)
-        if data is None:
-            raise ValueError(f"split must be valid or test, not {split!r}")
-        return evaluate_split(self.personal_trainer or self.trainer, data, self.seed, self.scenario, split)
+        data = evaluation_data(self.fed_config, self.scenario, self.seed, split)
+        return evaluate_split(self.personal_trainer or self.trainer, data)
 
     def state(self) -> dict[str, np.ndarray]:
         out = {}
@@ -273,17 +272,74 @@ class ScenarioClient:
             trainer.proximal = None
 
 
-def evaluate_split(trainer, data, seed: int, scenario: str, split: str) -> dict[str, float]:
-    """``auc@<task>``, ``logloss@<task>`` and ``num_examples`` of ``data`` through RecBole's evaluator. The sampled
-    negatives come from a fixed random state per (seed, scenario, split): every round, every strategy and the
-    centralized reference score the same rows; the caller's random state is left as it was."""
-    saved = rng.capture()
-    fixed = zlib.crc32(f"{seed}/{scenario}/{split}".encode())
-    random.seed(fixed), np.random.seed(fixed), torch.manual_seed(fixed)
-    try:
-        result = trainer.evaluate(data, load_best_model=False)
-    finally:
-        rng.restore_global(saved)
+class SampledEvalRows(list):
+    """A split's positives and ``N`` sampled items per positive, drawn once, as the batches
+    ``MultiLabelTrainer.evaluate`` reads (``(interaction, None, None, None)``)."""
+
+    def __init__(self, batches: list, dataset):
+        super().__init__(batches)
+        self._dataset = dataset  # the split's positives (num_examples)
+
+
+def sampled_eval_rows(fed_config: dict, scenario: str, seed: int, split: str) -> SampledEvalRows:
+    """``uniN`` evaluation rows of ``split``, drawn once per process from a random state fixed by (seed, scenario,
+    split): every round, strategy and the centralized reference score the same rows. Each positive gets N items
+    drawn uniformly among the scenario's items that its user has no interaction with (in any split); a sampled
+    row has every label 0. RecBole's own ``uniN`` loader draws per user in a Python loop (minutes per evaluation
+    on an Epinions category); this draws all at once, vectorized."""
+    config, *loaders = load_scenario(fed_config, scenario, seed)
+    key = (id(loaders[0]), split)
+    if key in _EVAL_CACHE:
+        return _EVAL_CACHE[key]
+    train, valid, test = (loader._dataset for loader in loaders)
+    dataset = {"valid": valid, "test": test}[split]
+    uid, iid, items = dataset.uid_field, dataset.iid_field, dataset.item_num
+    num_neg = int(str(fed_config["eval_mode"])[3:])
+    generator = np.random.default_rng(zlib.crc32(f"{seed}/{scenario}/{split}".encode()))
+    used = np.unique(
+        np.concatenate(
+            [(d.inter_feat[uid] * items + d.inter_feat[iid]).numpy() for d in (train, valid, test)]
+        )
+    )
+    users = dataset.inter_feat[uid].numpy()
+    negatives = generator.integers(1, items, size=(len(users), num_neg))
+    for _ in range(100):  # redraw items the user has; a user holding almost every item keeps the last draw
+        taken = np.isin(users[:, None] * items + negatives, used)
+        if not taken.any():
+            break
+        negatives[taken] = generator.integers(1, items, size=int(taken.sum()))
+    positives = dataset.inter_feat
+    sampled = positives[torch.arange(len(users)).repeat_interleave(num_neg)]
+    sampled.update(Interaction({iid: torch.from_numpy(negatives.reshape(-1))}))
+    for label in config["task_labels"]:
+        if label in sampled:
+            sampled.update(Interaction({label: torch.zeros(len(sampled))}))
+    rows = cat_interactions([positives[torch.arange(len(users))], sampled])
+    rows.update(
+        Interaction({config["LABEL_FIELD"]: torch.cat([torch.ones(len(users)), torch.zeros(len(sampled))])})
+    )
+    rows = dataset.join(rows)
+    size = int(config["eval_batch_size"])
+    batches = [
+        (rows[torch.arange(i, min(i + size, len(rows)))], None, None, None) for i in range(0, len(rows), size)
+    ]
+    _EVAL_CACHE[key] = SampledEvalRows(batches, dataset)
+    return _EVAL_CACHE[key]
+
+
+def evaluation_data(fed_config: dict, scenario: str, seed: int, split: str):
+    """What a split is scored on: :func:`sampled_eval_rows` for ``uniN``, RecBole's loader for ``labeled``."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, not {split!r}")
+    if str(fed_config["eval_mode"]).startswith("uni"):
+        return sampled_eval_rows(fed_config, scenario, seed, split)
+    _, _, valid, test = load_scenario(fed_config, scenario, seed)
+    return valid if split == "valid" else test
+
+
+def evaluate_split(trainer, data) -> dict[str, float]:
+    """``auc@<task>``, ``logloss@<task>`` (RecBole's evaluator, per task) and ``num_examples`` (positives)."""
+    result = trainer.evaluate(data, load_best_model=False)
     out = {k: float(v) for k, v in result.items() if "@" in k}
     out["num_examples"] = float(len(data._dataset))
     return out
