@@ -30,6 +30,7 @@ FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "OMP_NUM_THREADS": "1",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # how often the SuperLink's executor looks for a ServerApp to start
 }
 
 
@@ -89,7 +90,12 @@ class Launch:
         finally:
             stopping = time.perf_counter()
             self.group.stop_all()
-            self.say(f"stopped every process in {time.perf_counter() - stopping:.1f} s")
+            killed = (
+                f" (killed after the grace time: {', '.join(self.group.slow_to_stop)})"
+                if self.group.slow_to_stop
+                else ""
+            )
+            self.say(f"stopped every process in {time.perf_counter() - stopping:.1f} s{killed}")
         return self.out / "record.json"
 
     def _start_federation(self, superlink_port: int) -> None:
@@ -139,6 +145,10 @@ class Launch:
                     "recbole_pmtrec.federated.flower_app.clientapp_worker",
                     "--runtime-api-address",
                     f"127.0.0.1:{node_port}",
+                    "--preload",
+                    "recbole_pmtrec.federated.flower_app.client_app",
+                    "--preload",
+                    self.args.client_factory.partition(":")[0],
                 ]
                 procs.append(self.group.start(f"clientapp-{scenario}", worker, cwd=self.scratch))
             self.node_procs[scenario] = procs
@@ -198,7 +208,10 @@ class Launch:
             return []
         lines = path.read_text(errors="replace").splitlines()
         for line in lines[self.progress_seen :]:
-            print(line, flush=True)
+            if line and not line.startswith(("|", "**")):
+                self.say(line)
+            else:
+                print(line, flush=True)
         self.progress_seen = len(lines)
         return lines
 

@@ -60,9 +60,11 @@ def save_round(
 def load_last(out: Path) -> Resumed | None:
     """The last finished round's state, or None when the output folder holds none."""
     last_file = out / "rounds" / "last"
-    if not last_file.exists():
-        return None
-    server_round = int(last_file.read_text())
+    return load_round(out, int(last_file.read_text())) if last_file.exists() else None
+
+
+def load_round(out: Path, server_round: int) -> Resumed:
+    """A finished round's server state, what each client loaded after it, and the record up to it."""
     strategy_state: dict = {}
     downloads: dict = {}
     with np.load(out / "rounds" / f"round_{server_round:04d}.npz") as saved:

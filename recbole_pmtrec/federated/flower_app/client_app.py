@@ -24,7 +24,7 @@ from recbole_pmtrec.federated.flower_app import wire
 
 app = ClientApp()
 
-_clients: dict[str, list] = {}  # client key -> [client, step]: built once per process
+_clients: dict[str, list] = {}  # client key -> [client, step, its state when built]: built once per process
 _STATE, _STATE_META = "client_state", "client_meta"
 
 
@@ -50,9 +50,9 @@ def _client_key(setup: dict, scenario: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _state_file(context: Context, setup: dict, scenario: str, server_round: int) -> Path:
+def _state_file(context: Context, setup: dict, server_round: int) -> Path:
     base = Path(str(context.node_config.get("state-dir", "federated_client_state")))
-    return base / setup["run_tag"] / scenario / f"round_{server_round:04d}.npz"
+    return base / setup["run_tag"] / setup["scenario"] / f"round_{server_round:04d}.npz"
 
 
 def _client(context: Context):
@@ -60,8 +60,9 @@ def _client(context: Context):
     setup = wire.from_config_record(context.state.config_records[_STATE_META])
     entry = _clients.get(setup["key"])
     if entry is None:
-        entry = _clients[setup["key"]] = [_build(context, setup), -1]
-    client, step = entry
+        client = _build(context, setup)
+        entry = _clients[setup["key"]] = [client, -1, client.state()]
+    client, step, _ = entry
     if step != setup["step"] and _STATE in context.state.array_records:
         client.load_state(wire.from_array_record(context.state.array_records[_STATE]))
         entry[1] = setup["step"]
@@ -76,22 +77,39 @@ def _build(context: Context, setup: dict):
     return make_client(fed_config, setup["scenario"], int(setup["seed"]))
 
 
-def _save(context: Context, client, setup: dict, server_round: int | None = None) -> None:
-    """Keep the client's full state in ``context.state`` (and on disk after a finished round)."""
+def _save(
+    context: Context, client, setup: dict, server_round: int = 0, keep_round: int | None = None
+) -> None:
+    """Keep the client's full state in ``context.state``; after a round (``server_round`` > 0) also on this
+    node's disk, keeping that round, the one before it and ``keep_round`` (the best so far)."""
     state = client.state()
     setup["step"] += 1
     context.state.array_records[_STATE] = wire.to_array_record(state)
     context.state.config_records[_STATE_META] = wire.to_config_record(setup)
     _clients[setup["key"]][1] = setup["step"]
-    if server_round is not None:
-        path = _state_file(context, setup, setup["scenario"], server_round)
+    if server_round:
+        path = _state_file(context, setup, server_round)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **state)
         os.replace(tmp, path)
-        for old in path.parent.glob("round_*.npz"):  # keep the last two: the server may stop between them
-            if old.name < f"round_{server_round - 1:04d}.npz":
+        keep = {path.name, _state_file(context, setup, server_round - 1).name}
+        if keep_round:
+            keep.add(_state_file(context, setup, keep_round).name)
+        for old in path.parent.glob("round_*.npz"):
+            if old.name not in keep:
                 old.unlink()
+
+
+def _restore(context: Context, client, setup: dict, server_round: int) -> None:
+    """Load the state this node saved after ``server_round`` (resume, or test from the best round)."""
+    path = _state_file(context, setup, server_round)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"scenario {setup['scenario']}: no saved client state for round {server_round} at {path}"
+        )
+    with np.load(path) as saved:
+        client.load_state({name: saved[name] for name in saved.files})
 
 
 @app.query("setup")
@@ -102,15 +120,10 @@ def setup(msg: Message, context: Context) -> Message:
     meta = {**request, "scenario": scenario, "key": _client_key(request, scenario), "step": 0}
     context.state.config_records[_STATE_META] = wire.to_config_record(meta)
     client, meta = _client(context)
-    resume_round = request.get("resume_round", 0)
-    if resume_round:
-        path = _state_file(context, meta, scenario, resume_round)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"scenario {scenario}: no saved client state for round {resume_round} at {path}"
-            )
-        with np.load(path) as saved:
-            client.load_state({name: saved[name] for name in saved.files})
+    if _clients[meta["key"]][1] != -1:  # this process ran the same client before: a new run starts afresh
+        client.load_state(_clients[meta["key"]][2])
+    if request.get("resume_round"):
+        _restore(context, client, meta, int(request["resume_round"]))
     _save(context, client, meta)
     info = {
         "scenario": scenario,
@@ -135,15 +148,13 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     client, meta = _client(context)
     request = wire.from_config_record(msg.content.config_records["round"])
-    download = wire.from_array_record(msg.content.array_records.get("download"))
-    if download:
-        client.download(download)
+    client.download(wire.from_array_record(msg.content.array_records.get("download")))
     fit = dict(client.fit(int(request["server_round"]), dict(request["options"])))
     eval_started = time.perf_counter()
     valid = dict(client.evaluate("valid"))
     fit["eval_seconds"] = time.perf_counter() - eval_started
     uploaded = client.upload(set(request["sent_roles"]))
-    _save(context, client, meta, int(request["server_round"]))
+    _save(context, client, meta, int(request["server_round"]), request.get("keep_round"))
     fit["clientapp_seconds"] = time.perf_counter() - started
     content = RecordDict(
         {
@@ -157,14 +168,15 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Load what the server sent (if anything) and evaluate a split (``test`` at the end of a run)."""
+    """Load what the server sent and evaluate a split: ``valid`` after aggregation (``server_round`` given:
+    the state is saved as that round's), or ``test`` at the end (from ``restore_round``'s state if given)."""
     client, meta = _client(context)
     request = wire.from_config_record(msg.content.config_records["round"])
-    download = wire.from_array_record(msg.content.array_records.get("download"))
-    if download:
-        client.download(download)
-        _save(context, client, meta)
+    if request.get("restore_round"):
+        _restore(context, client, meta, int(request["restore_round"]))
+    client.download(wire.from_array_record(msg.content.array_records.get("download")))
     started = time.perf_counter()
-    metrics = dict(client.evaluate(str(request.get("split", "test"))))
+    metrics = dict(client.evaluate(str(request["split"])))
     metrics["eval_seconds"] = time.perf_counter() - started
+    _save(context, client, meta, int(request.get("server_round", 0)), request.get("keep_round"))
     return Message(RecordDict({"metrics": wire.to_metric_record(metrics)}), reply_to=msg)

@@ -16,11 +16,12 @@ Usage (next to ``flower-supernode --isolation process --port P``)::
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 import time
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import Message
 from flwr.app.error import Error
@@ -39,6 +40,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 _installed_fabs: set[str] = set()
+_in_task = False
 _apps: dict[str, ClientApp] = {}
 
 
@@ -57,7 +59,10 @@ def _load_client_app(run, fab) -> ClientApp:
 
 
 def run_task(runtime_api_address: str, token: str) -> bool:
-    """Run one ClientApp task in this process; returns whether the ClientApp completed."""
+    """Run one ClientApp task in this process; returns whether the ClientApp completed.
+
+    The task's heartbeat stops before its output is pushed: a heartbeat sent after the task ended is answered
+    "no such task", and Flower's heartbeat answers that with SIGINT to the whole process."""
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -72,8 +77,10 @@ def run_task(runtime_api_address: str, token: str) -> bool:
     heartbeat.start()
     message = reply = context = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    times = [time.perf_counter()]
     try:
         message, context, run, fab = pull_task_input(client)
+        times.append(time.perf_counter())
         reply = _load_client_app(run, fab)(message=message, context=context)
         sub_status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # the error goes back to the ServerApp as Flower's error reply
@@ -84,18 +91,26 @@ def run_task(runtime_api_address: str, token: str) -> bool:
                 Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message
             )
     finally:
+        times.append(time.perf_counter())
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
         finally:
-            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
             heartbeat.stop()
+            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
             client.close()
+    times.append(time.perf_counter())
+    kind = message.metadata.message_type if message is not None else "?"
+    steps = ", ".join(
+        f"{name} {b - a:.2f} s" for name, a, b in zip(("pull", "app", "push"), times, times[1:])
+    )
+    log(INFO, "%s task %s: %s", kind, sub_status, steps)
     return sub_status == SubStatus.COMPLETED
 
 
 def serve(runtime_api_address: str, poll_seconds: float) -> None:
     """Acquire and run ClientApp tasks until terminated."""
+    global _in_task
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -108,17 +123,46 @@ def serve(runtime_api_address: str, poll_seconds: float) -> None:
     while True:
         res = client.AcquireTask(request)
         if res.HasField("task") and res.token:
-            run_task(runtime_api_address, res.token)
+            _in_task = True
+            try:
+                run_task(runtime_api_address, res.token)
+            finally:
+                _in_task = False
         else:
             time.sleep(poll_seconds)
+
+
+def _on_sigterm(*_) -> None:
+    """Stop now: every finished round is already saved, and torch/RecBole threads would delay a normal exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _on_sigint(*_) -> None:
+    """Flower's task heartbeat raises SIGINT in its process when the SuperNode no longer knows the task (it
+    ended, or its run was stopped): the task is finished here regardless, so the worker keeps serving."""
+    if _in_task:
+        log(WARNING, "ignoring SIGINT from a task heartbeat (the task is ending)")
+        return
+    sys.exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's --host:--port")
     parser.add_argument("--poll-seconds", type=float, default=0.2)
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        help="modules to import before the first task (e.g. the client)",
+    )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for module in args.preload:
+        importlib.import_module(module)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
     serve(args.runtime_api_address, args.poll_seconds)
 
 

@@ -71,6 +71,7 @@ class ProcessGroup:
     def __init__(self, log_dir: Path, env: dict[str, str]):
         self.log_dir, self.env = log_dir, env
         self.started: list[Started] = []
+        self.slow_to_stop: list[str] = []  # names that needed SIGKILL
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, command: list[str], cwd: Path | None = None) -> Started:
@@ -101,7 +102,7 @@ class ProcessGroup:
             try:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pass
+                self.slow_to_stop.append(proc.name)
         for proc in self.started:  # the group may outlive its leader: kill any member that is left
             _signal_group(proc.popen, signal.SIGKILL)
             try:
