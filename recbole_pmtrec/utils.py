@@ -67,14 +67,15 @@ def get_model(model_name: str) -> type:
 
 def get_trainer(model_type: ModelType, model_name: str) -> type:
     """The trainer for a model: ``recbole_pmtrec.trainer.<Model>Trainer``; else the multi-task trainer for
-    a plugin model that returns one loss per task; else RecBole's choice."""
+    a plugin model that returns one loss per task; else RecBole's choice, with the plugin's full-sort
+    evaluation (``trainer/fast_eval.py``) where it keeps RecBole's ``evaluate``."""
     trainer_module = importlib.import_module("recbole_pmtrec.trainer")
     if hasattr(trainer_module, model_name + "Trainer"):
         return getattr(trainer_module, model_name + "Trainer")
     model_class = plugin_models().get(model_name)
     if model_class is not None and getattr(model_class, "multi_task", False):
         return trainer_module.MultiTaskTrainer
-    return recbole.utils.get_trainer(model_type, model_name)
+    return trainer_module.with_fast_full_sort(recbole.utils.get_trainer(model_type, model_name))
 
 
 def _dataset_class(config) -> type | None:

@@ -35,9 +35,10 @@ from tqdm import tqdm
 from recbole_pmtrec.compat import load_checkpoint, save_checkpoint
 from recbole_pmtrec.trainer import rng
 from recbole_pmtrec.trainer.combiners import build_combiner
+from recbole_pmtrec.trainer.fast_eval import FastFullSortMixin
 
 
-class MultiTaskTrainer(Trainer):
+class MultiTaskTrainer(FastFullSortMixin, Trainer):
     """Trains any model that follows ``recbole_pmtrec.model.multitask`` with any combiner."""
 
     def __init__(self, config, model):

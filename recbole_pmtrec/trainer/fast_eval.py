@@ -1,0 +1,322 @@
+"""Full-ranking evaluation that gives RecBole's numbers at a fraction of its cost on large catalogs.
+
+RecBole's full-sort path (``Trainer.evaluate`` + ``Collector.eval_batch_collect``) materializes, per batch of
+users, the ``[users, items]`` score matrix, an int matrix of positives of the same size, sums it over items,
+and runs ``torch.topk`` over every row. On Epinions (296k items) those passes over memory, not the arithmetic,
+are the cost. :class:`FastFullSortMixin` replaces them for the ``rec.topk`` / ``rec.items`` metrics (Recall,
+NDCG, MRR, Hit, Precision, MAP, ItemCoverage, AveragePopularity, GiniIndex, ShannonEntropy, TailPercentage)
+and hands anything else (GAUC's ``rec.meanrank``, sampled or value evaluation) to RecBole's own ``evaluate``:
+
+- it iterates RecBole's own loader, so every batch holds the same users as RecBole's;
+- a model whose ``full_sort_predict`` is ``user_rows @ item_table.T`` (BPR, LightGCN, NGCF, PMTRec, or any
+  model with a ``full_sort_factors(interaction) -> (user_rows, item_table)`` method) is scored in item blocks
+  that stay in cache; each block is masked (item 0, training history) and only entries above the row's running
+  (k+1)-th best value are kept (:func:`fused_topk`). Other models: RecBole's ``_full_sort_batch_eval`` and
+  ``torch.topk``, exactly as RecBole calls them;
+- positives are matched against the top-k ids only; the result tensor and RecBole's ``Evaluator`` are as in
+  ``Collector.eval_batch_collect``.
+
+Exactness. (1) Scores: the blocks are the columns of the same product over the same batch of users. BLAS
+may round a narrower product differently (MKL does for some widths), so for the first batch of every batch
+size the block widths of :func:`block_widths` are tried in turn against RecBole's ``_full_sort_batch_eval``
+scores, bit for bit, and the first equal one is used for every batch of that size (same shapes, same
+kernels); the last width tried is the whole row; if none is equal, RecBole's route takes the evaluation.
+(2) Ties: a row whose best k+1 values are strictly decreasing has a unique top-k list (every discarded entry
+is <= the (k+1)-th value < the k-th), so any correct top-k, RecBole's ``torch.topk`` included, returns the
+same ids in the same order. A row that has a tie among its best k+1 values, a NaN, or fewer than k+1 unmasked
+items gets ``torch.topk`` over its full score row (bit-equal to RecBole's, by (1)): CPU ``topk`` handles each
+row alone, so the tie-breaking is RecBole's (it follows the heap / nth_element order, not the item ids:
+nothing else reproduces it). On other devices such a batch takes RecBole's route whole.
+"""
+
+from __future__ import annotations
+
+from logging import getLogger
+
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.trainer import Trainer
+from recbole.utils import EvaluatorType, set_color
+from tqdm import tqdm
+
+from recbole_pmtrec.compat import load_checkpoint
+
+BLOCK_ELEMENTS = 1 << 17  # scores per block (512 KiB of float32): the block stays in cache
+BLOCK_CHOICES = (
+    4096,
+    16384,
+    65536,
+)  # item block widths tried next; the last resort is one block (the full row)
+_COLLECTED = ("rec.topk", "rec.items")
+_NOT_COVERED = ("rec.meanrank", "rec.score", "data.label")
+
+
+# ---------------------------------------------------------------------------------------------- factors
+
+
+def _bpr_factors(model, interaction):
+    return model.get_user_embedding(interaction[model.USER_ID]), model.item_embedding.weight
+
+
+def _restored_factors(model, interaction):  # LightGCN, NGCF: the cached propagation, as full_sort_predict
+    if model.restore_user_e is None or model.restore_item_e is None:
+        model.restore_user_e, model.restore_item_e = model.forward()
+    return model.restore_user_e[interaction[model.USER_ID]], model.restore_item_e
+
+
+def _pmtrec_factors(model, interaction):
+    users_out, items_out = model._outputs()
+    return users_out[interaction[model.USER_ID]], items_out
+
+
+def _factor_rules():
+    from recbole.model.general_recommender import BPR, NGCF, LightGCN
+
+    from recbole_pmtrec.model.pmtrec import PMTRec
+
+    return (
+        (BPR, _bpr_factors),
+        (LightGCN, _restored_factors),
+        (NGCF, _restored_factors),
+        (PMTRec, _pmtrec_factors),
+    )
+
+
+def score_factors(model):
+    """A function ``(model, interaction) -> (user_rows [B, d], item_table [N, d])`` whose product is the model's
+    ``full_sort_predict``, or None. Only for classes whose ``full_sort_predict`` is the known one."""
+    if callable(getattr(model, "full_sort_factors", None)):
+        return lambda m, interaction: m.full_sort_factors(interaction)
+    for cls, rule in _factor_rules():
+        if isinstance(model, cls) and type(model).full_sort_predict is cls.full_sort_predict:
+            return rule
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- top-k
+
+
+def _merge(kept_v, kept_i, rows, items, values, k1):
+    """Per row, the k1 best of the kept entries and the new ones (``rows`` ascending, as ``nonzero`` gives)."""
+    m = kept_v.shape[0]
+    counts = torch.bincount(rows, minlength=m)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = k1 + torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    width = k1 + int(counts.max())
+    all_v = kept_v.new_full((m, width), float("-inf"))
+    all_i = kept_i.new_zeros((m, width))
+    all_v[:, :k1], all_i[:, :k1] = kept_v, kept_i
+    all_v[rows, slot], all_i[rows, slot] = values, items
+    top_v, pos = torch.topk(all_v, k1, dim=1)
+    return top_v, torch.gather(all_i, 1, pos)
+
+
+def fused_topk(user_rows, item_table, k, block, history=None, reference=None):
+    """Top-k item ids of ``user_rows @ item_table.T`` with item 0 and ``history`` (rows, items) at -inf,
+    computed ``block`` items at a time.
+
+    Returns ``(ids [B, k], exact [B])``: ``exact`` is False for rows whose best k+1 values are not strictly
+    decreasing (a tie, a NaN, fewer than k+1 unmasked items); their ids are not to be used. With
+    ``reference`` (RecBole's masked score matrix of the batch), every block is compared with it bit for bit and
+    a difference raises ``ValueError``."""
+    m, n = user_rows.shape[0], item_table.shape[0]
+    k1 = k + 1
+    hist_u = hist_i = cuts = None
+    if history is not None and history[1].numel():
+        order = torch.argsort(history[1])
+        hist_u, hist_i = history[0].to(user_rows.device)[order], history[1].to(user_rows.device)[order]
+        edges = torch.arange(0, n + block, block, device=hist_i.device)
+        cuts = torch.searchsorted(hist_i, edges).tolist()
+    buf = user_rows.new_empty((m, min(block, n)))
+    kept_v = kept_i = None
+    for b, start in enumerate(range(0, n, block)):
+        items = item_table[start : start + block]
+        scores = buf[:, : items.shape[0]]
+        torch.mm(user_rows, items.t(), out=scores)
+        if start == 0:
+            scores[:, 0] = float("-inf")
+        if cuts is not None and cuts[b + 1] > cuts[b]:
+            part = slice(cuts[b], cuts[b + 1])
+            scores[hist_u[part], hist_i[part] - start] = float("-inf")
+        if reference is not None and not torch.equal(scores, reference[:, start : start + items.shape[0]]):
+            raise ValueError(f"block scores differ from full_sort_predict's (items {start}..)")
+        if kept_v is None:
+            if scores.shape[1] < k1:
+                raise ValueError("the first item block holds fewer than k+1 items")
+            kept_v, pos = torch.topk(scores, k1, dim=1)
+            kept_i = pos + start
+            continue
+        # every entry left out is <= the row's current (k+1)-th best, which only grows; NaN is kept
+        rows, cols = torch.le(scores, kept_v[:, -1:]).logical_not_().nonzero(as_tuple=True)
+        if rows.numel():
+            kept_v, kept_i = _merge(kept_v, kept_i, rows, cols + start, scores[rows, cols], k1)
+    exact = (kept_v[:, :-1] > kept_v[:, 1:]).all(dim=1)
+    return kept_i[:, :k], exact
+
+
+def rows_topk(user_rows, item_table, k, block, history, rows):
+    """``torch.topk`` over the full masked score rows ``rows`` of the batch, the scores computed in blocks of
+    ``block`` items over the whole batch (the shapes, hence the roundings, of :func:`fused_topk`)."""
+    m, n = user_rows.shape[0], item_table.shape[0]
+    full = user_rows.new_empty((len(rows), n))
+    buf = user_rows.new_empty((m, min(block, n)))
+    for start in range(0, n, block):
+        items = item_table[start : start + block]
+        scores = buf[:, : items.shape[0]]
+        torch.mm(user_rows, items.t(), out=scores)
+        full[:, start : start + items.shape[0]] = scores[rows]
+    full[:, 0] = float("-inf")
+    if history is not None and history[1].numel():
+        hist_u, hist_i = history[0].to(full.device), history[1].to(full.device)
+        keep = torch.isin(hist_u, rows)
+        full[torch.searchsorted(rows, hist_u[keep]), hist_i[keep]] = float("-inf")
+    return torch.topk(full, k, dim=-1)[1]
+
+
+def block_widths(m: int, n: int, k: int):
+    """Item block widths to try for batches of ``m`` users, preferred first: about ``BLOCK_ELEMENTS`` scores,
+    then ``BLOCK_CHOICES``, then the whole row; blocks of equal width (no narrow last one)."""
+    widths = []
+    for width in (BLOCK_ELEMENTS // max(m, 1), *BLOCK_CHOICES, n):
+        width = min(n, max(width, k + 1))
+        width = -(-n // -(-n // width))
+        if width not in widths:
+            widths.append(width)
+    return widths
+
+
+def topk_result(topk_ids, positive_u, positive_i, n_items):
+    """``Collector``'s ``rec.topk`` rows: per top-k position 1 if the item is a positive, then the number of
+    positives (int32 hits, int64 counts, concatenated to int64 as RecBole's)."""
+    m, device = topk_ids.shape[0], topk_ids.device
+    keys = torch.unique(positive_u.to(device) * n_items + positive_i.to(device))
+    pos_len = torch.bincount(torch.div(keys, n_items, rounding_mode="floor"), minlength=m).view(-1, 1)
+    query = torch.arange(m, device=device).view(-1, 1) * n_items + topk_ids
+    hits = torch.isin(query, keys).to(torch.int)
+    return torch.cat((hits, pos_len), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def fast_full_sort_applies(trainer, eval_data) -> bool:
+    """Whether :class:`FastFullSortMixin` evaluates ``eval_data`` itself (else RecBole's ``evaluate`` does)."""
+    config = trainer.config
+    if not config["fast_full_sort"] or config["eval_type"] != EvaluatorType.RANKING:
+        return False
+    if not isinstance(eval_data, FullSortEvalDataLoader) or eval_data.is_sequential:
+        return False
+    register = trainer.eval_collector.register
+    if any(register.need(key) for key in _NOT_COVERED):
+        return False
+    return max(config["topk"]) + 1 < eval_data._dataset.item_num
+
+
+class FastFullSortMixin:
+    """Put before RecBole's ``Trainer`` in a trainer's bases: full-sort evaluation with RecBole's numbers
+    (module docstring), switched by ``fast_full_sort`` (on by default in the plugin's ``overall.yaml``).
+    ``self.fast_eval_stats`` counts the last evaluation's rows by route."""
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data or not fast_full_sort_applies(self, eval_data):
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        self.model.eval()
+        if self.item_tensor is None:
+            self.item_tensor = eval_data._dataset.get_item_feature().to(self.device)
+        self.tot_item_num = eval_data._dataset.item_num
+        iter_data = (
+            tqdm(eval_data, total=len(eval_data), ncols=100, desc=set_color("Evaluate   ", "pink"))
+            if show_progress
+            else eval_data
+        )
+        k = max(self.config["topk"])
+        self._fast_factors = score_factors(self.model)
+        self._fast_blocks: dict[
+            int, int
+        ] = {}  # batch size -> item block width checked against RecBole's scores
+        stats = self.fast_eval_stats = {
+            "fused": 0,
+            "exact_route": 0,
+            "tie_rows": 0,
+            "blocks": self._fast_blocks,
+        }
+        collector = self.eval_collector
+        num_sample = 0
+        for batched_data in iter_data:
+            num_sample += len(batched_data)
+            interaction, history, positive_u, positive_i = batched_data
+            ids = self._fused_batch_ids(batched_data, k) if self._fast_factors is not None else None
+            if ids is None:  # RecBole's calls on the whole batch: its scores, its torch.topk
+                ids = torch.topk(self._full_sort_batch_eval(batched_data)[1], k, dim=-1)[1]
+                stats["exact_route"] += len(interaction)
+            if collector.register.need("rec.items"):
+                collector.data_struct.update_tensor("rec.items", ids)
+            if collector.register.need("rec.topk"):
+                result = topk_result(ids, positive_u, positive_i, self.tot_item_num)
+                collector.data_struct.update_tensor("rec.topk", result)
+        collector.model_collect(self.model)
+        struct = collector.get_data_struct()
+        result = self.evaluator.evaluate(struct)
+        if not self.config["single_spec"]:
+            result = self._map_reduce(result, num_sample)
+        self.wandblogger.log_eval_metrics(result, head="eval")
+        return result
+
+    def _fused_batch_ids(self, batched_data, k):
+        """The batch's top-k ids by :func:`fused_topk`, or None: a row not exact (then RecBole's route takes the
+        batch), or no block width whose scores equal RecBole's for this batch size (then it takes the rest)."""
+        interaction, history, _, _ = batched_data
+        m, n = len(interaction), self.tot_item_num
+        user_rows, item_table = self._fast_factors(self.model, interaction.to(self.device))
+        if item_table.shape[0] != n:
+            self._fast_factors = None
+            return None
+        if m not in self._fast_blocks:
+            reference = self._full_sort_batch_eval(batched_data)[1]
+            reference_ids = torch.topk(reference, k, dim=-1)[1]
+            for width in block_widths(m, n, k):
+                try:
+                    ids, exact = fused_topk(user_rows, item_table, k, width, history, reference=reference)
+                except ValueError:
+                    continue
+                if bool((ids[exact] == reference_ids[exact]).all()):
+                    self._fast_blocks[m] = width
+                    self.fast_eval_stats["exact_route"] += m  # RecBole's own ids, computed for the check
+                    return reference_ids
+            else:
+                getLogger().warning(f"fast_full_sort: no block scores equal to {type(self.model).__name__}'s")
+                self._fast_factors = None
+                return None
+        ids, exact = fused_topk(user_rows, item_table, k, self._fast_blocks[m], history)
+        if not bool(exact.all()):
+            ties = (~exact).nonzero().flatten()
+            self.fast_eval_stats["tie_rows"] += len(ties)
+            if user_rows.device.type != "cpu":  # CUDA's topk may pick its algorithm by shape: RecBole's batch
+                return None
+            # CPU topk treats every row alone: the tied rows' full (bit-equal) score rows give RecBole's ids
+            ids[ties] = rows_topk(user_rows, item_table, k, self._fast_blocks[m], history, ties)
+        self.fast_eval_stats["fused"] += m
+        return ids
+
+
+_WRAPPED: dict[type, type] = {}
+
+
+def with_fast_full_sort(trainer_class: type) -> type:
+    """``trainer_class`` with :class:`FastFullSortMixin` first in its bases, for a RecBole trainer that keeps
+    ``Trainer.evaluate``; any other class is returned as it is."""
+    if not isinstance(trainer_class, type) or not issubclass(trainer_class, Trainer):
+        return trainer_class
+    if issubclass(trainer_class, FastFullSortMixin) or trainer_class.evaluate is not Trainer.evaluate:
+        return trainer_class
+    if trainer_class not in _WRAPPED:
+        name = trainer_class.__name__
+        _WRAPPED[trainer_class] = type(name, (FastFullSortMixin, trainer_class), {"__module__": __name__})
+    return _WRAPPED[trainer_class]
