@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -197,6 +198,10 @@ def config_from_data(data: dict):
             return {}
 
     values = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+    path = values.get("data_path")
+    if isinstance(path, str) and os.path.basename(os.path.normpath(path)) == data["dataset"]:
+        # RecBole's Config appends the dataset's name to data_path: give it back the folder above
+        values["data_path"] = os.path.dirname(os.path.normpath(path))
     config = StoredConfig(model=data["model"], dataset=data["dataset"], config_dict=values)
     config.__class__ = Config  # the rebuilt object behaves as any other Config from here on
     return config

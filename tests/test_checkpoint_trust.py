@@ -175,6 +175,15 @@ def test_config_round_trip_is_exact(model, files):
     assert type(rebuilt) is Config
 
 
+def test_config_round_trip_of_a_dataset_in_another_folder():
+    """RecBole appends the dataset's name to data_path: the rebuilt config must read the same folder."""
+    data = Path(__file__).resolve().parent / "data"
+    config = Config(model="BPR", dataset="auxtoy", config_dict={"data_path": str(data)})
+    rebuilt = config_from_data(config_to_data(config))
+    assert rebuilt["data_path"] == config["data_path"] == os.path.join(str(data), "auxtoy")
+    assert rebuilt.final_config_dict == config.final_config_dict
+
+
 def test_recbole_native_checkpoint_is_refused_then_converted_on_request(trained, tmp_path):
     checkpoint = load_checkpoint(trained["saved_model_file"])
     native = dict(checkpoint, config=config_from_data(checkpoint["config"]))
