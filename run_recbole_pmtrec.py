@@ -29,6 +29,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="tuning: keep each trial's checkpoint, log file and TensorBoard folder (default: none are kept)",
     )
+    dist = parser.add_argument_group("multi-process training (RecBole's keys; docs/DISTRIBUTED.md)")
+    dist.add_argument("--nproc", type=int, default=1, help="processes to start on this machine")
+    dist.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
+    dist.add_argument("--ip", default=None, help="where the group meets (default: loopback)")
+    dist.add_argument("--port", type=int, default=None, help="its port (default: a free one)")
+    dist.add_argument("--offset", type=int, default=0, help="rank of this machine's first process")
     args, _unknown = parser.parse_known_args(argv)
     return args
 
@@ -50,9 +56,26 @@ def main(argv: list[str] | None = None) -> dict:
             output=args.output,
             save_trials=args.save_trials,
         )
-    from recbole_pmtrec.quick_start import run_recbole_pmtrec
+    if args.nproc > 1 or args.world_size > 0:
+        from recbole_pmtrec.launch import spawn
 
-    result = run_recbole_pmtrec(model=args.model, dataset=args.dataset, config_file_list=config_files)
+        result = spawn(
+            args.model,
+            args.dataset,
+            config_files,
+            None,
+            args.nproc,
+            args.world_size,
+            args.ip,
+            args.port,
+            args.offset,
+        )
+        if result is None:  # rank 0 ran on another machine
+            return {}
+    else:
+        from recbole_pmtrec.quick_start import run_recbole_pmtrec
+
+        result = run_recbole_pmtrec(model=args.model, dataset=args.dataset, config_file_list=config_files)
     metrics = ", ".join(f"{k}={float(v):.4f}" for k, v in result["test_result"].items())
     print(f"test result ({args.model} on {args.dataset}): {metrics}")
     return result

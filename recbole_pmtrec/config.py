@@ -109,3 +109,10 @@ class Config(RecBoleConfig):
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
         del self._recbole_files
         validate({**self.internal_config_dict, **self.external_config_dict}, model_class)  # before any data
+
+    def _init_device(self):
+        """RecBole's for one process; for a process of a group (``local_rank`` set, as the launcher does),
+        gloo on CPUs and NCCL on GPUs, ``dist_backend`` overriding (:func:`recbole_pmtrec.launch.init_device`)."""
+        from recbole_pmtrec.launch import init_device
+
+        init_device(self)

@@ -18,6 +18,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_pmtrec.checkpoint import config_from_data, load_checkpoint
 from recbole_pmtrec.config import Config
+from recbole_pmtrec.trainer.distributed import barrier, share_checkpoint_name
 from recbole_pmtrec.utils import (
     close_tensorboard,
     create_dataset,
@@ -49,9 +50,11 @@ def run_recbole_pmtrec(model=None, dataset=None, config_file_list=None, config_d
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    share_checkpoint_name(trainer)  # under DDP: rank 0's file name on every rank
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    barrier()  # under DDP: rank 0 has written the best checkpoint before any rank reads it
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     close_tensorboard(trainer)
 

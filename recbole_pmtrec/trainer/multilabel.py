@@ -68,6 +68,9 @@ class MultiLabelTrainer(MultiTaskTrainer):
                 columns[f].append(interaction[f].float().cpu())
         scores = torch.cat(scores)
         columns = {f: torch.cat(v) for f, v in columns.items()}
+        if self.dist is not None:  # AUC is no mean over rows: every rank scores all ranks' rows together
+            columns = self.dist.gather_rows({**columns, "\0scores": scores})
+            scores = columns.pop("\0scores")
 
         main, per_task = OrderedDict(), OrderedDict()
         for t, task in enumerate(self.task_labels):

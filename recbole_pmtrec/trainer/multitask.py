@@ -33,7 +33,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_pmtrec.compat import load_checkpoint, save_checkpoint
-from recbole_pmtrec.trainer import rng
+from recbole_pmtrec.trainer import distributed, rng
 from recbole_pmtrec.trainer.combiners import build_combiner
 from recbole_pmtrec.trainer.fast_eval import FastFullSortMixin
 
@@ -43,8 +43,6 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        if not config["single_spec"]:
-            raise NotImplementedError("MultiTaskTrainer does not support distributed (DDP) training yet")
         self.task_names = list(model.task_names)
         self.combiner = build_combiner(config, len(self.task_names)).to(self.device)
         self.row_grad_mode = (config["row_grad_mode"] or "auto").lower()
@@ -56,6 +54,7 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
         self._weight_sums: dict = {}  # per table: sum, sum of squares, count of per-row task weights (epoch)
         self._train_loader = None  # the loader of the running fit (its generator goes into checkpoints)
         self._pending_loader_rng = None  # a resumed checkpoint's loader state, applied at the next epoch
+        self.dist = distributed.attach(self)  # None in one process; under DDP: trainer/distributed.py
         self.logger.info(f"multi-task: tasks {self.task_names}, combiner {self.combiner}")
 
     # ------------------------------------------------------------------------------------------ step
@@ -93,6 +92,10 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
             row_grads, dense_sum = grads[: len(rows)], grads[len(rows) :]
 
         blocks = self._per_task_row_gradients(gathers, row_grads, len(losses))
+        if self.dist is not None:  # every task's gradients averaged over the ranks before any combiner
+            blocks, dense_sum, per_task_dense, losses = self.dist.reduce(
+                blocks, dense_sum, per_task_dense, losses
+            )
         if self.combiner.per_row:
             for name, (index, buffer, touched) in blocks.items():
                 combined = self.combiner.combine_rows(buffer, touched, epoch)
@@ -207,6 +210,8 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
             self._pending_loader_rng = None
         epoch = epoch_idx + 1  # PMTRec's s: epoch 0 is s = 1
         self._weight_sums = {}
+        if self.dist is not None:
+            self.dist.start_epoch(train_data, epoch_idx)
         iter_data = (
             tqdm(
                 train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")
@@ -285,6 +290,11 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        random_state = rng.capture(self._train_loader, self.model)
+        if self.dist is not None:  # rank 0 writes every rank's random state
+            random_state = self.dist.gather_rng(random_state)
+            if self.dist.rank != 0:
+                return
         state = {
             "config": self.config,
             "epoch": epoch,
@@ -294,7 +304,7 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "combiner": self.combiner.state_dict(),
-            "rng": rng.capture(self._train_loader, self.model),
+            "rng": random_state,
         }
         save_checkpoint(state, saved_model_file)
         if verbose:
@@ -306,5 +316,6 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
         if "combiner" in checkpoint:
             self.combiner.load_state_dict(checkpoint["combiner"])
         if "rng" in checkpoint:
-            rng.restore_global(checkpoint["rng"], self.model)
-            self._pending_loader_rng = checkpoint["rng"]
+            random_state = distributed.rank_rng(checkpoint["rng"], self.dist)
+            rng.restore_global(random_state, self.model)
+            self._pending_loader_rng = random_state
