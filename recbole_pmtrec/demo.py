@@ -77,6 +77,7 @@ def _plot(runs: dict[str, dict], file: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     weights = {m: r["main_weight"] for m, r in runs.items() if r["main_weight"]}
@@ -95,10 +96,12 @@ def _plot(runs: dict[str, dict], file: Path) -> bool:
         axes[0][1].set(
             xlabel="epoch (RecBole's, from 0)",
             ylabel="main task's row weight (mean)",
-            title="Task Focusing hands the rows to the main task",
+            title="PMTRec: the main task's share of each row",
             ylim=(0, 1.02),
         )
         axes[0][1].legend()
+    for axis in axes[0]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(file, dpi=100)
     plt.close(fig)
