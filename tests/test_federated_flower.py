@@ -3,19 +3,30 @@ by the launcher. Checks the results (against the in-process runtime), what the S
 private), a crashing client (its scenario named, no process left), the checks before anything starts,
 and resuming.
 
-A small numpy client (:class:`FakeClient`, a linear model per task over a shared embedding, with a private
-running mean) and FedAvg (:class:`FakeFedAvg`) exercise the runtime on their own; the integration test
-uses the real client and strategies on tiny ml-100k scenarios.
+The integration test runs the real client and strategy on two tiny ml-100k scenarios; a small numpy client
+(:class:`FakeClient`: a linear model per task over a shared embedding, a private running mean) with the real
+strategies exercises failures, privacy under FedPer and resuming at less cost.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
+
+from recbole_pmtrec.federated import scenarios, simulate
+from recbole_pmtrec.federated.client import make_client
+from recbole_pmtrec.federated.config import load_config
+from recbole_pmtrec.federated.flower_app import checkpoint, wire
+from recbole_pmtrec.federated.launcher import main as launch
+from recbole_pmtrec.federated.results import RunRecord
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("label", "like")
@@ -88,88 +99,164 @@ class FakeClient:
         self.arrays = {n: np.array(v) for n, v in state.items() if n != "_step"}
 
 
-class FakeFedAvg:
-    """FedAvg over every sent role, weighted by training rows; everyone starts from the first client's model."""
-
-    name = "fake-fedavg"
-
-    def __init__(self, fed_config, roles, groups):
-        self.global_model: dict = {}
-
-    def sent_roles(self):
-        return {"embedding", "tower"}
-
-    def client_options(self, server_round):
-        return {"local_epochs": 1}
-
-    def initial(self, uploads):
-        first = uploads[sorted(uploads)[0]]
-        self.global_model = {n: v.copy() for n, v in first.items()}
-        return {c: self.global_model for c in uploads}
-
-    def aggregate(self, server_round, uploads, num_examples):
-        total = sum(num_examples.values())
-        names = next(iter(uploads.values())).keys()
-        self.global_model = {n: sum(uploads[c][n] * num_examples[c] for c in uploads) / total for n in names}
-        return {c: self.global_model for c in uploads}
-
-    def state(self):
-        return dict(self.global_model)
-
-    def load_state(self, state):
-        self.global_model = dict(state)
-
-
 # ------------------------------------------------------------------------------------------------ helpers
-FAKES = [
-    "--client-factory",
-    "test_federated_flower:FakeClient",
-    "--strategy-factory",
-    "test_federated_flower:FakeFedAvg",
-    "--pythonpath",
-    str(HERE),
-]
-FAKE_CONFIG = ["--set", "dataset=ml-100k", "scenarios=[north, south]", "rounds=2"]
+FAKE = ["--client-factory", "test_federated_flower:FakeClient", "--pythonpath", str(HERE)]
+FAKE_CONFIG = {"dataset": "ml-100k", "scenarios": ["north", "south"], "rounds": 2, "strategy": "fedavg"}
+BANDS = {"age_lt25": (0, 25), "age_ge45": (45, 200)}
+SMALL = {"embedding_size": 4, "num_experts": 2, "expert_mlp_sizes": [6], "tower_mlp_sizes": [3]}
 
 
-def own_descendants() -> list:
+def set_args(overrides: dict) -> list[str]:
+    return ["--set", *[f"{key}={json.dumps(value)}" for key, value in overrides.items()]]
+
+
+def tiny_ml100k(tmp_path: Path) -> dict:
+    """Config overrides for two age bands of three users each (ml-100k's own file format), a small MMoE."""
+    raw = scenarios.ml100k_raw_dir()
+    tiny = tmp_path / "raw"
+    tiny.mkdir()
+    users = pd.read_csv(raw / "ml-100k.user", sep="\t", dtype=str)
+    ages = users["age:token"].astype(int)
+    keep = pd.concat([users[(ages >= lo) & (ages < hi)].head(3) for lo, hi in BANDS.values()])
+    inter = pd.read_csv(raw / "ml-100k.inter", sep="\t", dtype=str)
+    keep.to_csv(tiny / "ml-100k.user", sep="\t", index=False)
+    inter[inter["user_id:token"].isin(keep["user_id:token"])].to_csv(
+        tiny / "ml-100k.inter", sep="\t", index=False
+    )
+    shutil.copy(raw / "ml-100k.item", tiny / "ml-100k.item")
+    return {
+        "dataset": "ml-100k",
+        "scenarios": list(BANDS),
+        "data_path": str(tmp_path / "data"),
+        "raw_path": str(tiny),
+        "train_batch_size": 128,
+        "recbole": {"use_gpu": False},
+        "rounds": 2,
+        **SMALL,
+    }
+
+
+def processes_left(out: Path) -> list:
+    """This process's live descendants, and any process anywhere whose command line or folder is the run's."""
     import psutil
 
-    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-
-
-def flower_processes_of(out: Path) -> list:
-    """Processes anywhere on the machine whose command line or folder is this test's run (none may be left)."""
-    import psutil
-
-    left = []
+    left = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     for proc in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-        except (psutil.Error, TypeError):
-            continue
+        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
         if str(out) in text and proc.pid != os.getpid():
             left.append(proc)
     return left
 
 
-def launch(argv: list[str]) -> int:
-    from recbole_pmtrec.federated.launcher import main
+def received_names(out: Path) -> set[str]:
+    received = json.loads((out / "received_arrays.json").read_text())
+    return {name.split("/", 1)[1] for names in received.values() for name in names}
 
-    return main(argv)
+
+def assert_same_metrics(flower: RunRecord, reference: RunRecord) -> None:
+    assert [r.server_round for r in flower.rounds] == [r.server_round for r in reference.rounds]
+    pairs = [(a.valid, b.valid) for a, b in zip(flower.rounds, reference.rounds)] + [
+        (flower.test, reference.test)
+    ]
+    for got, want in pairs:
+        assert set(got) == set(want)
+        for scenario, metrics in want.items():
+            for key, value in metrics.items():
+                assert got[scenario][key] == pytest.approx(value, abs=1e-6), (scenario, key)
 
 
 # -------------------------------------------------------------------------------------------------- tests
-def test_fake_run_on_loopback_matches_and_stops_everything(tmp_path):
+def test_two_rounds_on_loopback_match_simulate_and_leave_no_process(tmp_path):
+    """A real SuperLink and two SuperNodes (one per scenario) on loopback, the real client and PF-MSMTrec."""
+    overrides = tiny_ml100k(tmp_path)
     out = tmp_path / "run"
-    code = launch([*FAKE_CONFIG, *FAKES, "--output-dir", str(out), "--timeout", "80"])
-    assert code == 0
-    record = json.loads((out / "record.json").read_text())
-    assert [r["server_round"] for r in record["rounds"]] == [1, 2]
-    assert set(record["test"]) == {"north", "south"}
-    for metrics in record["test"].values():
-        assert {f"auc@{t}" for t in TASKS} <= set(metrics)
-    received = json.loads((out / "received_arrays.json").read_text())
-    names = {n.split("/", 1)[1] for v in received.values() for n in v}
-    assert names == {"embedding.weight", "tower.label.weight", "tower.like.weight"}
-    assert not own_descendants() and not flower_processes_of(out)
+    assert launch([*set_args(overrides), "--output-dir", str(out), "--timeout", "240"]) == 0
+    assert not processes_left(out)
+
+    flower = RunRecord.load(out / "record.json")
+    assert flower.runtime == "flower" and flower.scenarios == list(BANDS)
+    for metrics in [*flower.rounds[-1].valid.values(), *flower.test.values()]:
+        assert {f"{m}@{t}" for m in ("auc", "logloss") for t in TASKS} <= set(metrics)
+    clients = {}
+
+    def keep(fed_config, scenario, seed):
+        clients[scenario] = make_client(fed_config, scenario, seed)
+        return clients[scenario]
+
+    reference = simulate.run(load_config(None, overrides), client_factory=keep, log=lambda _: None)
+    assert_same_metrics(flower, reference)
+
+    roles = clients["age_lt25"].roles()
+    names = received_names(out)
+    assert names and names <= set(roles)
+    kept = {"private", "norm"}  # PF-MSMTrec: private template parts, user ids, BatchNorm stay on the client
+    assert not [n for n in names if roles[n] in kept]
+    assert any(r == "private" for r in roles.values()) and any(r == "norm" for r in roles.values())
+
+
+def test_a_crashing_client_ends_the_run_naming_its_scenario_and_fedper_keeps_towers(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FAKE_CRASH_SCENARIO", "south")
+    out = tmp_path / "run"
+    config = {**FAKE_CONFIG, "strategy": "fedper"}
+    assert launch([*set_args(config), *FAKE, "--output-dir", str(out), "--timeout", "150"]) == 1
+    error = capsys.readouterr().err
+    assert "south" in error and "fake crash" in error and "round 2" in error
+    assert not processes_left(out)
+    assert received_names(out) == {"embedding.weight"}  # FedPer: towers and the private mean never arrive
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_finished_round(tmp_path):
+    out = tmp_path / "run"
+    assert launch([*set_args(FAKE_CONFIG), *FAKE, "--output-dir", str(out), "--timeout", "150"]) == 0
+    assert json.loads((out / "rounds" / "last").read_text()) == 2
+    more = {**FAKE_CONFIG, "rounds": 3}
+    assert launch([*set_args(more), *FAKE, "--output-dir", str(out), "--resume", "--timeout", "150"]) == 0
+    assert not processes_left(out)
+    resumed = RunRecord.load(out / "record.json")
+    reference = simulate.run(load_config(None, more), client_factory=FakeClient, log=lambda _: None)
+    assert_same_metrics(resumed, reference)
+
+
+def test_errors_before_anything_starts(tmp_path, capsys):
+    assert launch([*set_args({**FAKE_CONFIG, "strategy": "fedsgd"}), "--output-dir", str(tmp_path)]) == 2
+    assert "unknown strategy 'fedsgd'" in capsys.readouterr().err
+
+    empty = {**tiny_ml100k(tmp_path), "raw_path": None}
+    config = load_config(None, empty)
+    for scenario in config["scenarios"]:  # prepared folders, one of them without rows
+        folder = scenarios.scenario_folder(config, scenario)
+        folder.mkdir(parents=True)
+        rows = "user_id:token\titem_id:token\n" + ("1\t1\n" if scenario == "age_lt25" else "")
+        (folder / f"{scenarios.scenario_name(config, scenario)}.inter").write_text(rows)
+    scenarios.vocabulary_file(config).parent.mkdir(parents=True)
+    scenarios.vocabulary_file(config).write_text("{}")
+    assert launch([*set_args(empty), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "scenario 'age_ge45' has no rows" in capsys.readouterr().err
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = [*set_args(FAKE_CONFIG), *FAKE, "--output-dir", str(tmp_path / "run"), "--port", str(port)]
+        assert launch(args) == 1
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    assert not processes_left(tmp_path)
+
+
+def test_records_and_round_files_keep_every_array_exactly(tmp_path):
+    arrays = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)}
+    back = wire.from_array_record(wire.to_array_record(arrays))
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value)
+    record = RunRecord(strategy="fedavg", seed=1, runtime="flower", scenarios=["x", "y"])
+    checkpoint.save_round(tmp_path, 3, {"global/a": arrays["b"]}, {"x": arrays, "y": {}}, record)
+    resumed = checkpoint.load_last(tmp_path)
+    assert resumed.last_round == 3 and np.array_equal(resumed.strategy_state["global/a"], arrays["b"])
+    assert (
+        np.array_equal(resumed.downloads["x"]["a.weight"], arrays["a.weight"])
+        and "y" not in resumed.downloads
+    )

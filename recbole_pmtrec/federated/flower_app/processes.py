@@ -1,9 +1,11 @@
 """The processes a launcher starts, and the promise that every one of them is stopped.
 
 Each process gets its own session (``start_new_session=True``), so SIGTERM to its process group also
-reaches what it started itself (a SuperLink's ``flower-superexec`` and ``flwr-serverapp``, a SuperNode's
-ClientApp processes); each is then waited for, because a ``flower-superexec`` watches its parent's pid and
-lingers while that parent is an unreaped zombie. What does not end within the grace time is killed.
+reaches what it started itself (a SuperNode's ``flower-superexec`` and ClientApp processes); the descendants
+found before stopping get SIGTERM too (a SuperLink starts its ``flower-superexec``, and through it the
+``flwr-serverapp``, in a session of its own). Each is then waited for and reaped (a ``flower-superexec``
+watches its parent's pid and lingers while that parent is an unreaped zombie); what does not end within the
+grace time is killed.
 """
 
 from __future__ import annotations
@@ -94,22 +96,58 @@ class ProcessGroup:
         return [p for p in self.started if p.popen.poll() is not None]
 
     def stop_all(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM every group (newest first), wait, SIGKILL what is left, reap everything."""
+        """SIGTERM every process started here and every descendant (a SuperLink starts its executor in a
+        session of its own), wait, SIGKILL what is left after the grace time, reap everything."""
+        import psutil
+
+        family: list[psutil.Process] = []
+        for proc in self.started:
+            try:
+                leader = psutil.Process(proc.popen.pid)
+                family += [leader, *leader.children(recursive=True)]
+            except psutil.Error:
+                pass
         for proc in reversed(self.started):
             _signal_group(proc.popen, signal.SIGTERM)
+        for member in family:
+            _signal(member, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
         for proc in reversed(self.started):
             try:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.slow_to_stop.append(proc.name)
-        for proc in self.started:  # the group may outlive its leader: kill any member that is left
+        _, alive = psutil.wait_procs(family, timeout=max(0.1, deadline - time.monotonic()))
+        self.slow_to_stop += [f"{p.name()}[{p.pid}]" for p in alive if _alive(p)]
+        for proc in self.started:
             _signal_group(proc.popen, signal.SIGKILL)
+        for member in alive:
+            _signal(member, signal.SIGKILL)
+        for proc in self.started:
             try:
                 proc.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        psutil.wait_procs(alive, timeout=5)
         self.started.clear()
+
+
+def _signal(process, sig: int) -> None:
+    import psutil
+
+    try:
+        process.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:
