@@ -2,7 +2,7 @@
 print their metrics side by side, and say where the logs, plots and checkpoints went.
 
     python -m recbole_pmtrec.demo [--models BPR PMTRec] [--dataset ml-100k] [--config_files a.yaml ...]
-                                  [--out demo_output] [--key=value ...]
+                                  [--out log] [--key=value ...]
 
 Without --config_files it uses ``properties/demo_ml100k.yaml`` (the protocol and PMTRec's knobs, sized to
 finish in under 3 minutes on a 2-core CPU); any --key=value is a RecBole parameter for every model (e.g.
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--config_files", nargs="+", default=None)
-    parser.add_argument("--out", default="demo_output", help="folder for the plot (default demo_output/)")
+    parser.add_argument("--out", default="log", help="folder for the plot (default log/, beside the logs)")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     models = args.models or DEFAULT_MODELS
     config_files = args.config_files or [str(properties_dir() / DEMO_CONFIG)]

@@ -253,3 +253,34 @@ def test_tuning_keeps_each_trials_files_when_asked(tmp_path):
     _tune(tmp_path, save_trials=True)
     assert len(_files(tmp_path / "saved", "*.pth")) >= 1  # one per trial (two in one second share a name)
     assert len(_files(tmp_path / "log", "*.log")) >= 1  # one per trial (two in one second share a name)
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+def test_demo_reads_its_numbers_from_the_epoch_log(fast_config, caplog, tmp_path):
+    """The demo's curves and row-weight summary come from the log file the trainer writes (RecBole's file
+    format: date, level, two spaces, message)."""
+    from recbole_pmtrec import demo
+
+    trainer, model, train_data, valid_data = _toy_run(fast_config, epochs=2)
+    caplog.set_level(logging.INFO)
+    trainer.fit(train_data, valid_data, saved=False)
+    log = tmp_path / "run.log"
+    log.write_text("".join(f"Wed 02 Dec 2026 06:00:00 INFO  {m}\n" for m in _messages(caplog)))
+    valid, main_weight = demo._epoch_numbers(str(log))
+    assert sorted(valid) == [0, 1] and all(0 <= v <= 1 for v in valid.values())
+    assert set(main_weight) == {"user", "item"} and all(sorted(s) == [0, 1] for s in main_weight.values())
+
+
+def test_readme_shows_the_table_the_demo_prints():
+    """The README's demo table has the demo's header, and its config file is named there."""
+    from recbole_pmtrec import demo
+
+    runs = {"BPR": {"metric": "recall@20", "best_valid": 0.0, "test": {"recall@10": 0.0, "ndcg@20": 0.0}}}
+    header = demo.format_table("ml-100k", runs).splitlines()[2]
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "| model | valid recall@20 (best) | test recall@10 |" in header
+    assert (
+        "| model | valid recall@20 (best) | test recall@10 | test recall@20 | test ndcg@10 | test ndcg@20 |"
+        in readme
+    )
+    assert "properties/demo_ml100k.yaml" in readme
