@@ -16,7 +16,7 @@ test the model the server gave back. Options: ``valid_after: aggregate`` evaluat
 instead (the model a client starts the next round with, i.e. the one test measures: the personalized one for
 personalized strategies, the global one for FedAvg); ``test_from: best`` tests the round with the best mean
 valid ``select_metric`` over scenarios and tasks (every client's ``state()`` and that round's arrays are kept
-and restored) instead of the last round. Both are simulate-only until the ServerApp implements them.
+and restored) instead of the last round. The ServerApp implements both the same way.
 
 A client whose fit or evaluation raises ends the run with an error naming its scenario, unless ``min_clients``
 allows the round to go on without it (it then sits out the rest of the run and gets no test metrics).
