@@ -208,6 +208,19 @@ def test_a_crashing_client_ends_the_run_naming_its_scenario_and_fedper_keeps_tow
 
 
 @pytest.mark.slow
+def test_a_crashing_client_sits_out_when_min_clients_allows(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CRASH_SCENARIO", "south")
+    out = tmp_path / "run"
+    config = {**FAKE_CONFIG, "scenarios": ["north", "south", "west"], "min_clients": 2}
+    assert launch([*set_args(config), *FAKE, "--output-dir", str(out), "--timeout", "150"]) == 0
+    assert not processes_left(out)
+    record = RunRecord.load(out / "record.json")
+    assert set(record.rounds[0].valid) == {"north", "south", "west"}
+    assert set(record.rounds[1].valid) == set(record.test) == {"north", "west"}
+    assert "going on without ['south']" in (out / "progress.log").read_text()
+
+
+@pytest.mark.slow
 def test_resume_continues_from_the_last_finished_round(tmp_path):
     out = tmp_path / "run"
     assert launch([*set_args(FAKE_CONFIG), *FAKE, "--output-dir", str(out), "--timeout", "150"]) == 0
