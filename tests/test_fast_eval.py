@@ -19,6 +19,11 @@ METRICS = ["Recall", "NDCG", "MRR", "Hit", "Precision", "MAP"]
 ITEM_METRICS = ["ShannonEntropy"]
 
 
+@pytest.fixture(autouse=True)
+def _fused_on_ml100k(monkeypatch):
+    monkeypatch.setattr(fast_eval, "FUSED_MIN_ITEMS", 0)  # ml-100k's 1,682 items take the blocked route too
+
+
 def _trainer(model_name, fast_config, **extra):
     config = Config(
         model=model_name,
@@ -49,7 +54,8 @@ def _assert_same(trainer, data, route=None):
     stats = trainer.fast_eval_stats
     assert stats["fused"] + stats["exact_route"] == len(data.uid_list)
     assert all(
-        width in fast_eval.block_widths(m, data._dataset.item_num, 40) for m, width in stats["blocks"].items()
+        width in fast_eval.block_widths(key[0], data._dataset.item_num, 40)
+        for key, width in stats["blocks"].items()
     )
     if route == "fused":  # all but the first batch of each size (checked against RecBole's own route)
         assert stats["fused"] >= 0.8 * len(data.uid_list)
@@ -113,6 +119,14 @@ def test_fused_topk_against_torch_topk():
         if not exact.all():  # a non-exact row has a tie among its best 21 values
             top = torch.topk(scores[~exact], 21)[0]
             assert bool(((top[:, :-1] == top[:, 1:]).any(dim=1)).all())
+
+
+def test_small_catalog_takes_recbole_scores(fast_config, monkeypatch):
+    monkeypatch.setattr(fast_eval, "FUSED_MIN_ITEMS", 16384)
+    trainer, train, valid, _ = _trainer("BPR", fast_config)
+    trainer._train_epoch(train, 0)
+    _, stats = _assert_same(trainer, valid)
+    assert stats["exact_route"] == len(valid.uid_list)
 
 
 def test_switch_and_factors(fast_config):

@@ -41,12 +41,12 @@ from tqdm import tqdm
 
 from recbole_pmtrec.compat import load_checkpoint
 
-BLOCK_ELEMENTS = 1 << 17  # scores per block (512 KiB of float32): the block stays in cache
-BLOCK_CHOICES = (
-    4096,
-    16384,
-    65536,
-)  # item block widths tried next; the last resort is one block (the full row)
+# scores per block (1 MiB of float32): the block stays in cache
+BLOCK_ELEMENTS = 1 << 18
+# item block widths tried next; the last resort is one block (the full row)
+BLOCK_CHOICES = (4096, 16384, 65536)
+# smaller catalogs: RecBole's score matrix is cheap; its scores and torch.topk are used
+FUSED_MIN_ITEMS = 16384
 _COLLECTED = ("rec.topk", "rec.items")
 _NOT_COVERED = ("rec.meanrank", "rec.score", "data.label")
 
@@ -94,6 +94,29 @@ def score_factors(model):
 
 
 # ---------------------------------------------------------------------------------------------- top-k
+
+
+GROUP = 64  # columns per group: a group whose maximum is <= the threshold is left out whole
+
+
+def _not_below(scores, threshold):
+    """(rows ascending, cols, values) of the entries of ``scores`` not <= the row's ``threshold`` (NaN
+    included), looked for only in the groups of ``GROUP`` columns whose maximum is not <= it."""
+    m, w = scores.shape
+    groups = w // GROUP
+    body = scores[:, : groups * GROUP].unflatten(1, (groups, GROUP))
+    g_rows, g_idx = torch.le(body.amax(dim=2), threshold).logical_not_().nonzero(as_tuple=True)
+    values = body[g_rows, g_idx]  # [selected groups, GROUP]
+    at, offset = torch.le(values, threshold[g_rows]).logical_not_().nonzero(as_tuple=True)
+    rows, cols, values = g_rows[at], g_idx[at] * GROUP + offset, values[at, offset]
+    if w > groups * GROUP:
+        tail = scores[:, groups * GROUP :]
+        t_rows, t_cols = torch.le(tail, threshold).logical_not_().nonzero(as_tuple=True)
+        rows, cols = torch.cat((rows, t_rows)), torch.cat((cols, t_cols + groups * GROUP))
+        values = torch.cat((values, tail[t_rows, t_cols]))
+        order = torch.argsort(rows, stable=True)
+        rows, cols, values = rows[order], cols[order], values[order]
+    return rows, cols, values
 
 
 def _merge(kept_v, kept_i, rows, items, values, k1):
@@ -147,9 +170,9 @@ def fused_topk(user_rows, item_table, k, block, history=None, reference=None):
             kept_i = pos + start
             continue
         # every entry left out is <= the row's current (k+1)-th best, which only grows; NaN is kept
-        rows, cols = torch.le(scores, kept_v[:, -1:]).logical_not_().nonzero(as_tuple=True)
+        rows, cols, values = _not_below(scores, kept_v[:, -1:])
         if rows.numel():
-            kept_v, kept_i = _merge(kept_v, kept_i, rows, cols + start, scores[rows, cols], k1)
+            kept_v, kept_i = _merge(kept_v, kept_i, rows, cols + start, values, k1)
     exact = (kept_v[:, :-1] > kept_v[:, 1:]).all(dim=1)
     return kept_i[:, :k], exact
 
@@ -237,10 +260,11 @@ class FastFullSortMixin:
             else eval_data
         )
         k = max(self.config["topk"])
-        self._fast_factors = score_factors(self.model)
-        self._fast_blocks: dict[
-            int, int
-        ] = {}  # batch size -> item block width checked against RecBole's scores
+        self._fast_factors = score_factors(self.model) if self.tot_item_num >= FUSED_MIN_ITEMS else None
+        if not hasattr(
+            self, "_fast_blocks"
+        ):  # (batch size, table shape, dtype, device) -> checked block width
+            self._fast_blocks: dict[tuple, int | None] = {}
         stats = self.fast_eval_stats = {
             "fused": 0,
             "exact_route": 0,
@@ -278,7 +302,10 @@ class FastFullSortMixin:
         if item_table.shape[0] != n:
             self._fast_factors = None
             return None
-        if m not in self._fast_blocks:
+        key = (m, tuple(item_table.shape), str(item_table.dtype), str(item_table.device))
+        # checked once per shape (kept across evaluations): BLAS picks its kernels by shape, not by values
+        if key not in self._fast_blocks:
+            self._fast_blocks[key] = None
             reference = self._full_sort_batch_eval(batched_data)[1]
             reference_ids = torch.topk(reference, k, dim=-1)[1]
             for width in block_widths(m, n, k):
@@ -287,21 +314,23 @@ class FastFullSortMixin:
                 except ValueError:
                     continue
                 if bool((ids[exact] == reference_ids[exact]).all()):
-                    self._fast_blocks[m] = width
+                    self._fast_blocks[key] = width
                     self.fast_eval_stats["exact_route"] += m  # RecBole's own ids, computed for the check
                     return reference_ids
-            else:
-                getLogger().warning(f"fast_full_sort: no block scores equal to {type(self.model).__name__}'s")
-                self._fast_factors = None
-                return None
-        ids, exact = fused_topk(user_rows, item_table, k, self._fast_blocks[m], history)
+            getLogger().warning(
+                f"fast_full_sort: no block scores equal to {type(self.model).__name__}'s ({key})"
+            )
+        width = self._fast_blocks[key]
+        if width is None:
+            return None
+        ids, exact = fused_topk(user_rows, item_table, k, width, history)
         if not bool(exact.all()):
             ties = (~exact).nonzero().flatten()
             self.fast_eval_stats["tie_rows"] += len(ties)
             if user_rows.device.type != "cpu":  # CUDA's topk may pick its algorithm by shape: RecBole's batch
                 return None
             # CPU topk treats every row alone: the tied rows' full (bit-equal) score rows give RecBole's ids
-            ids[ties] = rows_topk(user_rows, item_table, k, self._fast_blocks[m], history, ties)
+            ids[ties] = rows_topk(user_rows, item_table, k, width, history, ties)
         self.fast_eval_stats["fused"] += m
         return ids
 
