@@ -29,6 +29,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="tuning: keep each trial's checkpoint, log file and TensorBoard folder (default: none are kept)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="tuning: run trials as Ray tasks, N at once"
+    )
+    parser.add_argument("--ray_address", default=None, help="tuning: run trials on this Ray cluster")
     dist = parser.add_argument_group("multi-process training (RecBole's keys; docs/DISTRIBUTED.md)")
     dist.add_argument("--nproc", type=int, default=1, help="processes to start on this machine")
     dist.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
             max_evals=args.max_evals,
             output=args.output,
             save_trials=args.save_trials,
+            workers=args.workers,
+            ray_address=args.ray_address,
         )
     if args.nproc > 1 or args.world_size > 0:
         from recbole_pmtrec.launch import spawn

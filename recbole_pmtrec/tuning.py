@@ -51,12 +51,17 @@ def tune(
     max_evals=100,
     output=None,
     save_trials=False,
+    workers=None,
+    ray_address=None,
 ):
     """Run a search over ``params_file`` (RecBole's format: ``name choice [..]``, ``uniform lo,hi``, ...),
     write the result table (markdown) to ``output`` and return ``{"best_params", "best_score", "table"}``.
 
     ``save_trials``: keep every trial's checkpoint (``checkpoint_dir``), log file (``log/``) and TensorBoard
-    folder (``log_tensorboard/``), as RecBole's own tuning does; off by default."""
+    folder (``log_tensorboard/``), as RecBole's own tuning does; off by default.
+
+    ``workers`` / ``ray_address``: run the trials as Ray tasks, on this machine or on a Ray cluster
+    (:mod:`recbole_pmtrec.parallel`: same trials, same table; a failed trial is listed, the others go on)."""
     tuner = HyperTuning(
         partial(_model_objective, model=model, dataset=dataset, save_trials=save_trials),
         params_file=params_file,
@@ -64,12 +69,22 @@ def tune(
         algo=algo,
         max_evals=max_evals,
     )
-    tuner.run()
+    failures = []
+    if workers or ray_address:
+        from recbole_pmtrec.parallel import run_trials
+
+        failures = run_trials(tuner, workers=workers, ray_address=ray_address)
+    else:
+        tuner.run()
     if output is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = os.path.join("hyper_results", f"{model}-{dataset}-{stamp}.md")
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     table = result_table(tuner)
+    if failures:
+        from recbole_pmtrec.parallel import failures_markdown
+
+        table += failures_markdown(failures, tuner.params2str)
     with open(output, "w", encoding="utf-8") as f:
         f.write(f"# Tuning {model} on {dataset} ({algo}, {params_file})\n\n{table}")
     print(f"tuning table written to {output}\n{table}")
