@@ -28,10 +28,10 @@ class Resumed:
     record: RunRecord
 
 
-def run_tag(fed_config: dict, settings: dict) -> str:
-    """Names a run's client-state folder on every node: the same config and output folder, the same tag."""
-    text = json.dumps([fed_config, str(settings.get("output-dir", ""))], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def run_tag(out: Path) -> str:
+    """Names a run's client-state folder on every node: one per output folder, so ``--resume`` finds it
+    whatever else (rounds, knobs) changed."""
+    return hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12]
 
 
 def _write(path: Path, write) -> None:

@@ -161,7 +161,7 @@ def run(session: Session, fed_config: dict) -> RunRecord:
         "fed_config": fed_config,
         "seed": seed,
         "client_factory": settings["client-factory"],
-        "run_tag": checkpoint.run_tag(fed_config, settings),
+        "run_tag": checkpoint.run_tag(out),
         "resume_round": resumed.last_round if resumed else 0,
     }
     setup = RecordDict({"setup": wire.to_config_record(request)})
