@@ -202,6 +202,17 @@ class Launch:
         runs = json.loads(output[output.index("{") :]).get("runs", [])
         return str(runs[0].get("status", "")) if runs else ""
 
+    def _run_log_tail(self, run_id: int, lines: int = 25) -> str:
+        """The end of the run's log as the SuperLink keeps it (the ServerApp's own output is not kept)."""
+        try:
+            output = processes.run_command(
+                ["flwr", "log", str(run_id), "--show"], self.env, timeout=60, cwd=self.scratch
+            )
+        except (RuntimeError, TimeoutError) as err:
+            output = str(err)
+        tail = "\n".join(output.strip().splitlines()[-lines:])
+        return f"the run's log ends with:\n{tail}\n(process logs in {self.group.log_dir})"
+
     def _print_progress(self) -> list[str]:
         path = self.out / "progress.log"
         if not path.exists():
@@ -231,7 +242,7 @@ class Launch:
                     lines = self._print_progress()
                     if status != "finished:completed" or not (self.out / "record.json").exists():
                         failed = [line for line in lines if line.startswith("FAILED")]
-                        why = failed[-1] if failed else "see the logs in " + str(self.group.log_dir)
+                        why = failed[-1] if failed else self._run_log_tail(run_id)
                         raise FederatedRunFailed(f"run {run_id} ended {status}: {why}")
                     self.say(f"run {run_id} {status}")
                     return
