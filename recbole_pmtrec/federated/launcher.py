@@ -203,7 +203,8 @@ class Launch:
         return str(runs[0].get("status", "")) if runs else ""
 
     def _run_log_tail(self, run_id: int, lines: int = 25) -> str:
-        """The end of the run's log as the SuperLink keeps it (the ServerApp's own output is not kept)."""
+        """The end of the run's log as the SuperLink keeps it (the ServerApp's output: its traceback when it
+        failed before it could write ``FAILED`` to the progress file)."""
         try:
             output = processes.run_command(
                 ["flwr", "log", str(run_id), "--show"], self.env, timeout=60, cwd=self.scratch
