@@ -176,6 +176,12 @@ def run(session: Session, fed_config: dict) -> RunRecord:
         )
     by_scenario = {i["scenario"]: i for i in info.values()}
     first = by_scenario[scenarios[0]]
+    for scenario, other in by_scenario.items():  # as simulate.check_same_layout
+        if (other["roles"], other["groups"]) != (first["roles"], first["groups"]):
+            raise ValueError(
+                f"client {scenario!r} holds other arrays / roles / groups than client {scenarios[0]!r}: every "
+                "client of a run must build the same model over the run's common vocabulary"
+            )
     strategy = wire.resolve(settings["strategy-factory"])(fed_config, first["roles"], first["groups"])
     sent_roles = sorted(strategy.sent_roles())
     num_examples = {s: int(by_scenario[s]["num_train"]) for s in scenarios}
@@ -184,7 +190,7 @@ def run(session: Session, fed_config: dict) -> RunRecord:
     if resumed:
         strategy.load_state(resumed.strategy_state)
         record, downloads, start = resumed.record, resumed.downloads, resumed.last_round + 1
-        session.record = record
+        record.config, session.record = fed_config, record
         session.log(f"resuming after round {resumed.last_round}")
     else:
         record = RunRecord(
