@@ -124,7 +124,7 @@ class Launch:
                 ]
             )
             command = [
-                "flower-supernode",
+                *self._supernode_command(),
                 "--insecure",
                 "--superlink",
                 f"127.0.0.1:{superlink_port}",
@@ -154,6 +154,13 @@ class Launch:
             self.node_procs[scenario] = procs
         processes.wait_for_port(superlink_port, 90, superlink)
         self.say(f"SuperLink on 127.0.0.1:{superlink_port}, {len(self.node_procs)} SuperNodes starting")
+
+    def _supernode_command(self) -> list[str]:
+        """Flower's SuperNode, with its idle poll shortened unless ``--node-poll-seconds`` is Flower's 3 s."""
+        if self.args.node_poll_seconds >= 3:
+            return ["flower-supernode"]
+        script = APP_DIR / "supernode.py"
+        return [sys.executable, str(script), "--poll-seconds", str(self.args.node_poll_seconds)]
 
     def say(self, line: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.1f} s] {line}", flush=True)
@@ -301,6 +308,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, default=0, help="stop the run after this many seconds (0: none)"
     )
     parser.add_argument("--round-timeout", type=float, default=3600.0)
+    parser.add_argument(
+        "--node-poll-seconds",
+        type=float,
+        default=0.5,
+        help="how often an idle SuperNode asks for messages (Flower's own: 3)",
+    )
     parser.add_argument("--client-factory", default=DEFAULT_CLIENT_FACTORY, help=argparse.SUPPRESS)
     parser.add_argument("--strategy-factory", default=DEFAULT_STRATEGY_FACTORY, help=argparse.SUPPRESS)
     parser.add_argument("--pythonpath", action="append", default=[], help=argparse.SUPPRESS)
