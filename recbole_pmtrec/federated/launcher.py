@@ -5,7 +5,8 @@
 Checks the config, the strategy and the scenarios' data before anything starts; then starts one SuperLink,
 and per scenario one SuperNode (its own data path and state folder in its node config) with a long-lived
 ClientApp worker next to it (``--isolation process``; ``--isolation subprocess`` gives Flower's default of one
-fresh ClientApp process per message); submits the Flower App with ``flwr run``; prints the ServerApp's
+fresh ClientApp process per message; the SuperNodes' idle poll is capped at ``--node-poll-seconds``, see
+``flower_app/supernode.py``); submits the Flower App with ``flwr run``; prints the ServerApp's
 progress per round; waits for the run's end (``flwr ls``); prints the results; and stops every process it
 started, also on failure, timeout and Ctrl-C. Flower's telemetry, update check and runtime dependency
 installation are off; every address is 127.0.0.1.
