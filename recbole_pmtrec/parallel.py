@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import time
 import traceback
 
@@ -47,13 +48,34 @@ def planned_trials(tuner) -> list[dict]:
     return planned
 
 
-def _trial(objective, params: dict, config_files, cwd: str) -> dict:
-    """One trial in a Ray worker: one thread, the driver's working directory; never raises."""
+def _distinct_run_names() -> None:
+    """RecBole names a trial's TensorBoard folder (``log_tensorboard/model-<time>``) and checkpoint
+    (``<model>-<time>.pth``) by the second: two workers starting trials in the same second in the same
+    folder would share them (and one trial's clean-up removed the other's folder). Add the worker's pid."""
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils.utils as utils_module
+
+    if getattr(utils_module.get_local_time, "with_pid", False):
+        return
+    clock = utils_module.get_local_time
+
+    def get_local_time():
+        return f"{clock()}-{os.getpid()}"
+
+    get_local_time.with_pid = True
+    utils_module.get_local_time = trainer_module.get_local_time = get_local_time
+
+
+def _trial(objective, params: dict, config_files, cwd: str, argv: list[str]) -> dict:
+    """One trial in a Ray worker: one thread, the driver's working directory and command line (RecBole's
+    Config reads ``--key=value`` from ``sys.argv``); never raises."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
     os.chdir(cwd)
+    sys.argv = list(argv)
+    _distinct_run_names()
     started = time.time()
     try:
         return {"result": objective(dict(params), config_files), "seconds": time.time() - started}
@@ -99,7 +121,9 @@ def run_trials(tuner, workers: int | None = None, ray_address: str | None = None
     with ray_session(workers, ray_address) as ray:
         task = ray.remote(num_cpus=1)(_trial)
         pending = {
-            task.remote(tuner.objective_function, params, tuner.fixed_config_file_list, os.getcwd()): i
+            task.remote(
+                tuner.objective_function, params, tuner.fixed_config_file_list, os.getcwd(), sys.argv
+            ): i
             for i, params in enumerate(trials)
         }
         print(f"{len(trials)} trials on Ray ({ray_address or f'{workers} local workers'})", flush=True)
