@@ -27,6 +27,16 @@ def shared_data_dir() -> Path:
     return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_pytest_arguments_for_recbole():
+    """RecBole's Config parses ``sys.argv``: pytest's own arguments (``--ignore=...``) must not reach it, also
+    in module- and session-scoped fixtures that build a Config before the per-test fixture runs."""
+    saved = sys.argv
+    sys.argv = [sys.argv[0]]
+    yield
+    sys.argv = saved
+
+
 @pytest.fixture(autouse=True)
 def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [sys.argv[0]])

@@ -37,7 +37,8 @@ def no_data(monkeypatch):
 
 
 BAD_CONFIGS = [
-    ({"mtl_method": "pcgrd"}, "'mtl_method' has the value 'pcgrd'; allowed: one of aligned_mtl, cagrad"),
+    # the list of combiners is not pinned here: test modules register their own (test_pmtrec_trainer.py)
+    ({"mtl_method": "pcgrd"}, "'mtl_method' has the value 'pcgrd'; allowed: one of "),
     ({"pmtrec_alpha": 0.9}, "'pmtrec_alpha' has the value 0.9; allowed: a number >= 1"),
     ({"pmtrec_alpha": "fast"}, "'pmtrec_alpha' has the value 'fast'; allowed: a number >= 1"),
     ({"pmtrec_tau": 0.0}, "'pmtrec_tau' has the value 0.0; allowed: a number > 0"),
