@@ -46,6 +46,17 @@ def test_report_means_over_scenarios_then_seeds(tmp_path):
     assert (tmp_path / "r.md").read_text().startswith("## toy")
 
 
+def test_paired_differences_by_seed(tmp_path):
+    # pfmsmtrec .7 / .9 (seeds 1, 2) vs fedavg .6 / .95: differences +.1 and -.05 -> mean +.025, 1 win of 2
+    _record("pfmsmtrec", 1, [0.7, 0.7]).save(experiments.record_path(tmp_path, "toy", "pfmsmtrec", 1))
+    _record("pfmsmtrec", 2, [0.9, 0.9]).save(experiments.record_path(tmp_path, "toy", "pfmsmtrec", 2))
+    _record("fedavg", 1, [0.6, 0.6]).save(experiments.record_path(tmp_path, "toy", "fedavg", 1))
+    _record("fedavg", 2, [0.95, 0.95]).save(experiments.record_path(tmp_path, "toy", "fedavg", 2))
+    _record("fedavg", 3, [0.1, 0.1]).save(experiments.record_path(tmp_path, "toy", "fedavg", 3))  # unpaired
+    text = experiments.report(str(tmp_path), None, None)
+    assert "| fedavg | 2 | +0.0250 (1/2) | +0.0000 (0/2) |" in text
+
+
 def test_grid_resumes_and_checks_its_file(tmp_path, monkeypatch):
     grid = tmp_path / "grid.yaml"
     grid.write_text("methods:\n  local: {strategy: local}\n  fedavg: {strategy: fedavg}\nseeds: [1, 2]\n")

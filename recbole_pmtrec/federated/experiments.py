@@ -163,6 +163,7 @@ def dataset_report(dataset: str, methods: dict[str, list[RunRecord]], figures: P
         "Test metrics averaged over the scenarios (each scenario counts once), mean ± std over seeds.",
         "",
     ]
+    lines += paired_lines(methods, tasks)
     lines += ["Per scenario (test AUC, mean over seeds):", ""]
     header = ["method"] + [f"{s} {t}" for s in scenarios for t in tasks]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -203,6 +204,35 @@ def dataset_report(dataset: str, methods: dict[str, list[RunRecord]], figures: P
     lines += sorted({rec.config.get("command", "") for records in methods.values() for rec in records} - {""})
     lines += ["```", ""]
     return lines
+
+
+def paired_lines(methods: dict[str, list[RunRecord]], tasks: list[str], lead: str = "pfmsmtrec") -> list[str]:
+    """``lead`` against every other method on the seeds both ran: mean difference of the scenario-mean test
+    AUC per task, and in how many seeds ``lead`` is higher."""
+    if lead not in methods:
+        return []
+    mine = {r.seed: r for r in methods[lead]}
+    lines = [
+        f"Paired by seed, {lead} minus each method (scenario-mean test AUC; wins = seeds where {lead} is higher):",
+        "",
+    ]
+    lines += ["| versus | seeds | " + " | ".join(f"Δ AUC {t} (wins)" for t in tasks) + " |"]
+    lines += ["|---|---|" + "---|" * len(tasks)]
+    for method, records in methods.items():
+        if method == lead:
+            continue
+        shared = [(mine[r.seed], r) for r in records if r.seed in mine]
+        if not shared:
+            continue
+        cells = []
+        for t in tasks:
+            diffs = [
+                mean_over_scenarios(a.test, f"auc@{t}") - mean_over_scenarios(b.test, f"auc@{t}")
+                for a, b in shared
+            ]
+            cells.append(f"{statistics.mean(diffs):+.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append(f"| {method} | {len(shared)} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _plot(dataset: str, methods: dict[str, list[RunRecord]], figures: Path) -> Path | None:
