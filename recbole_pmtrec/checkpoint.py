@@ -161,6 +161,17 @@ def load_checkpoint(file, map_location=None, **kwargs) -> dict:
     return checkpoint
 
 
+def load_model_weights(trainer, model_file=None) -> str:
+    """Load the weights of ``model_file`` (default: the trainer's best checkpoint) into ``trainer.model``, as
+    RecBole's ``evaluate(load_best_model=True)`` does, through :func:`load_checkpoint`; returns the file."""
+    checkpoint_file = model_file or trainer.saved_model_file
+    checkpoint = load_checkpoint(checkpoint_file, map_location=trainer.device)
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
+    trainer.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+    return checkpoint_file
+
+
 def _pickles_a_config(file) -> bool:
     """Whether the file's pickle names a RecBole ``Config`` class (read as bytes, nothing unpickled)."""
     try:

@@ -96,6 +96,12 @@ def _loading_paths(path, trained_config):
     def recbole_trainer_evaluate():
         Trainer(config, model).evaluate(test_data, load_best_model=True, model_file=path)
 
+    def plugin_trainer_evaluate():  # the trainer the plugin resolves (fast full-ranking evaluation)
+        from recbole_pmtrec.utils import get_trainer
+
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        trainer.evaluate(test_data, load_best_model=True, model_file=path)
+
     def recbole_trainer_resume():
         Trainer(config, model).resume_checkpoint(path)
 
@@ -111,6 +117,7 @@ def _loading_paths(path, trained_config):
         "load_checkpoint": lambda: load_checkpoint(path),
         "load_data_and_model": lambda: load_data_and_model(path),
         "Trainer.evaluate(load_best_model)": recbole_trainer_evaluate,
+        "plugin trainer evaluate(load_best_model)": plugin_trainer_evaluate,
         "Trainer.resume_checkpoint": recbole_trainer_resume,
         "MultiTaskTrainer.resume_checkpoint": multitask_resume,
         "MultiLabelTrainer.evaluate(load_best_model)": multilabel_evaluate,

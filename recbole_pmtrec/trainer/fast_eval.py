@@ -39,7 +39,7 @@ from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, set_color
 from tqdm import tqdm
 
-from recbole_pmtrec.compat import load_checkpoint
+from recbole_pmtrec.checkpoint import load_model_weights
 
 # scores per block (1 MiB of float32): the block stays in cache
 BLOCK_ELEMENTS = 1 << 18
@@ -245,11 +245,7 @@ class FastFullSortMixin:
         if not eval_data or not fast_full_sort_applies(self, eval_data):
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         if load_best_model:
-            checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
-            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+            load_model_weights(self, model_file)
         self.model.eval()
         if self.item_tensor is None:
             self.item_tensor = eval_data._dataset.get_item_feature().to(self.device)

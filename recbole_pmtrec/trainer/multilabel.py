@@ -18,7 +18,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.utils import EvaluatorType, set_color
 from tqdm import tqdm
 
-from recbole_pmtrec.compat import load_checkpoint
+from recbole_pmtrec.checkpoint import load_model_weights
 from recbole_pmtrec.trainer.multitask import MultiTaskTrainer
 
 
@@ -48,11 +48,7 @@ class MultiLabelTrainer(MultiTaskTrainer):
         if not self.per_task:
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         if load_best_model:
-            checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
-            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+            load_model_weights(self, model_file)
         self.model.eval()
         iter_data = (
             tqdm(eval_data, total=len(eval_data), ncols=100, desc=set_color("Evaluate   ", "pink"))
