@@ -136,11 +136,30 @@ def tiny_ml100k(tmp_path: Path) -> dict:
     }
 
 
-def processes_left(out: Path) -> list:
-    """This process's live descendants, and any process anywhere whose command line or folder is the run's."""
+_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before_the_test():
+    """Descendants this process already had (e.g. the multiprocessing resource tracker an earlier test
+    module's ``torch.multiprocessing.spawn`` leaves for the life of the process) are not the run's."""
     import psutil
 
-    left = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    _BEFORE.clear()
+    _BEFORE.update(p.pid for p in psutil.Process().children(recursive=True))
+    yield
+
+
+def processes_left(out: Path) -> list:
+    """This process's live descendants started by the test, and any process anywhere whose command line or
+    folder is the run's."""
+    import psutil
+
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE and p.pid not in _BEFORE
+    ]
     for proc in psutil.process_iter(["cmdline", "cwd"]):
         text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
         if str(out) in text and proc.pid != os.getpid():
