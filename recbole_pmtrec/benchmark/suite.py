@@ -160,12 +160,17 @@ def _check_grid(where: str, key: str, grid) -> None:
     if not isinstance(grid, dict):
         raise ValueError(f"{where}: {key} must be a mapping knob -> list of values, got {grid!r}")
     for knob, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}: grid {key}.{knob} must be a non-empty list, got {values!r}")
-        for value in values:
-            problem = check_value(knob, value)
-            if problem:
-                raise ValueError(f"{where}: {key}.{knob}: {problem}")
+        _check_values(where, f"{key}.{knob}", knob, values)
+
+
+def _check_values(where: str, label: str, knob: str, values) -> None:
+    """A sweep of ``knob`` at ``label``: a non-empty list whose every value is allowed (validation.py)."""
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{where}: {label} must be a non-empty list of values, got {values!r}")
+    for value in values:
+        problem = check_value(knob, value)
+        if problem:
+            raise ValueError(f"{where}: {label}: {problem}")
 
 
 def _check_config(where: str, key: str, config) -> None:
@@ -195,13 +200,7 @@ def _check_sensitivity(where: str, sensitivity: dict) -> None:
     for key in SENSITIVITY_KNOBS:
         if key not in sensitivity:
             continue
-        values = sensitivity[key]
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}: sensitivity.{key} must be a non-empty list of values, got {values!r}")
-        for value in values:
-            problem = check_value(key, value)
-            if problem:
-                raise ValueError(f"{where}: sensitivity.{key}: {problem}")
+        _check_values(where, f"sensitivity.{key}", key, sensitivity[key])
     if listed and not any(key in sensitivity for key in SENSITIVITY_KNOBS):
         raise ValueError(
             f"{where}: sensitivity: datasets {listed} but no sweep; give {' or '.join(SENSITIVITY_KNOBS)}"
