@@ -36,9 +36,10 @@ from recbole_pmtrec.compat import load_checkpoint, save_checkpoint
 from recbole_pmtrec.trainer import distributed, rng
 from recbole_pmtrec.trainer.combiners import build_combiner
 from recbole_pmtrec.trainer.fast_eval import FastFullSortMixin
+from recbole_pmtrec.trainer.optim import BlockedAdamMixin
 
 
-class MultiTaskTrainer(FastFullSortMixin, Trainer):
+class MultiTaskTrainer(FastFullSortMixin, BlockedAdamMixin, Trainer):
     """Trains any model that follows ``recbole_pmtrec.model.multitask`` with any combiner."""
 
     def __init__(self, config, model):
@@ -51,6 +52,7 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
         self.tables = dict(model.row_tables())
         table_ids = {id(p) for p in self.tables.values()}
         self.dense_params = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
+        self._grad_buffers: dict = {}  # per table: (.grad buffer, rows written into it last step)
         self._weight_sums: dict = {}  # per table: sum, sum of squares, count of per-row task weights (epoch)
         self._train_loader = None  # the loader of the running fit (its generator goes into checkpoints)
         self._pending_loader_rng = None  # a resumed checkpoint's loader state, applied at the next epoch
@@ -160,10 +162,24 @@ class MultiTaskTrainer(FastFullSortMixin, Trainer):
         weight = self.tables[name]
         if index is None:
             weight.grad = rows_grad.detach()
-        else:
+            return
+        # one gradient buffer per table, kept across steps: only the rows written last time are zeroed (a fresh
+        # zeros_like of a 296k-row table costs its page faults every step); the values are those of zeros_like
+        grad, last = self._grad_buffers.get(name, (None, None))
+        if (
+            grad is None
+            or grad.shape != weight.shape
+            or grad.dtype != weight.dtype
+            or grad.device != weight.device
+        ):
             grad = torch.zeros_like(weight)
-            grad[index] = rows_grad.detach()
-            weight.grad = grad
+        elif last is not None:
+            grad[last] = 0
+        else:
+            grad.zero_()
+        grad[index] = rows_grad.detach()
+        self._grad_buffers[name] = (grad, index)
+        weight.grad = grad
 
     def _combine_task_level(self, blocks, per_task_dense, losses, epoch):
         """Flatten every table block (and the dense parameters' per-task gradients) into ``J[T, P]``,
