@@ -121,6 +121,28 @@ def test_fused_topk_against_torch_topk():
             assert bool(((top[:, :-1] == top[:, 1:]).any(dim=1)).all())
 
 
+def test_batches_fed_block_by_block_equal_one_batch_at_a_time():
+    """fused_topk_batches (item block outer, batches inner) against fused_topk per batch and torch.topk."""
+    gen = torch.Generator().manual_seed(1)
+    items = torch.randn(2500, 8, generator=gen)
+    items[300:305] = items[7]  # ties
+    batches = []
+    for m in (9, 9, 4):
+        users = torch.randn(m, 8, generator=gen)
+        history = (torch.randint(0, m, (30,), generator=gen), torch.randint(0, 2500, (30,), generator=gen))
+        batches.append((users, history))
+    for block in (50, 700):
+        together = fast_eval.fused_topk_batches(batches, items, 10, block)
+        for (users, history), (ids, exact) in zip(batches, together):
+            alone_ids, alone_exact = fast_eval.fused_topk(users, items, 10, block, history)
+            assert torch.equal(ids, alone_ids) and torch.equal(exact, alone_exact)
+            scores = users @ items.T
+            scores[:, 0] = float("-inf")
+            scores[history] = float("-inf")
+            assert exact.any()
+            assert torch.equal(ids[exact], torch.topk(scores, 10)[1][exact])
+
+
 def test_small_catalog_takes_recbole_scores(fast_config, monkeypatch):
     monkeypatch.setattr(fast_eval, "FUSED_MIN_ITEMS", 16384)
     trainer, train, valid, _ = _trainer("BPR", fast_config)

@@ -134,47 +134,86 @@ def _merge(kept_v, kept_i, rows, items, values, k1):
     return top_v, torch.gather(all_i, 1, pos)
 
 
-def fused_topk(user_rows, item_table, k, block, history=None, reference=None):
-    """Top-k item ids of ``user_rows @ item_table.T`` with item 0 and ``history`` (rows, items) at -inf,
-    computed ``block`` items at a time.
+class RunningTopK:
+    """The best k+1 entries of each row of ``user_rows @ item_table.T`` (item 0 and ``history`` (rows, items)
+    at -inf), fed one item block of width ``block`` at a time, in order (:meth:`feed`). ``buffer``: an
+    ``[m, block]`` scratch tensor for the block's scores, which may be shared by states of the same ``m``."""
 
-    Returns ``(ids [B, k], exact [B])``: ``exact`` is False for rows whose best k+1 values are not strictly
-    decreasing (a tie, a NaN, fewer than k+1 unmasked items); their ids are not to be used. With
-    ``reference`` (RecBole's masked score matrix of the batch), every block is compared with it bit for bit and
-    a difference raises ``ValueError``."""
-    m, n = user_rows.shape[0], item_table.shape[0]
-    k1 = k + 1
-    hist_u = hist_i = cuts = None
-    if history is not None and history[1].numel():
-        order = torch.argsort(history[1])
-        hist_u, hist_i = history[0].to(user_rows.device)[order], history[1].to(user_rows.device)[order]
-        edges = torch.arange(0, n + block, block, device=hist_i.device)
-        cuts = torch.searchsorted(hist_i, edges).tolist()
-    buf = user_rows.new_empty((m, min(block, n)))
-    kept_v = kept_i = None
-    for b, start in enumerate(range(0, n, block)):
-        items = item_table[start : start + block]
-        scores = buf[:, : items.shape[0]]
-        torch.mm(user_rows, items.t(), out=scores)
+    def __init__(self, user_rows, n_items, k, block, history=None, buffer=None):
+        self.user_rows, self.k1 = user_rows, k + 1
+        m = user_rows.shape[0]
+        self.hist_u = self.hist_i = self.cuts = None
+        if history is not None and history[1].numel():
+            order = torch.argsort(history[1])
+            self.hist_u = history[0].to(user_rows.device)[order]
+            self.hist_i = history[1].to(user_rows.device)[order]
+            edges = torch.arange(0, n_items + block, block, device=self.hist_i.device)
+            self.cuts = torch.searchsorted(self.hist_i, edges).tolist()
+        self.buf = buffer if buffer is not None else user_rows.new_empty((m, min(block, n_items)))
+        self.kept_v = self.kept_i = None
+
+    def feed(self, b, start, items, reference=None):
+        """Block ``b`` (items ``start ..``, rows of ``items``); with ``reference`` (RecBole's masked score
+        matrix of the batch) the block's scores must equal it bit for bit, else ``ValueError``."""
+        k1 = self.k1
+        scores = self.buf[:, : items.shape[0]]
+        torch.mm(self.user_rows, items.t(), out=scores)
         if start == 0:
             scores[:, 0] = float("-inf")
+        cuts = self.cuts
         if cuts is not None and cuts[b + 1] > cuts[b]:
             part = slice(cuts[b], cuts[b + 1])
-            scores[hist_u[part], hist_i[part] - start] = float("-inf")
+            scores[self.hist_u[part], self.hist_i[part] - start] = float("-inf")
         if reference is not None and not torch.equal(scores, reference[:, start : start + items.shape[0]]):
             raise ValueError(f"block scores differ from full_sort_predict's (items {start}..)")
-        if kept_v is None:
+        if self.kept_v is None:
             if scores.shape[1] < k1:
                 raise ValueError("the first item block holds fewer than k+1 items")
-            kept_v, pos = torch.topk(scores, k1, dim=1)
-            kept_i = pos + start
-            continue
+            self.kept_v, pos = torch.topk(scores, k1, dim=1)
+            self.kept_i = pos + start
+            return
         # every entry left out is <= the row's current (k+1)-th best, which only grows; NaN is kept
-        rows, cols, values = _not_below(scores, kept_v[:, -1:])
+        rows, cols, values = _not_below(scores, self.kept_v[:, -1:])
         if rows.numel():
-            kept_v, kept_i = _merge(kept_v, kept_i, rows, cols + start, values, k1)
-    exact = (kept_v[:, :-1] > kept_v[:, 1:]).all(dim=1)
-    return kept_i[:, :k], exact
+            self.kept_v, self.kept_i = _merge(self.kept_v, self.kept_i, rows, cols + start, values, k1)
+
+    def result(self):
+        """``(ids [m, k], exact [m])``: ``exact`` is False for rows whose best k+1 values are not strictly
+        decreasing (a tie, a NaN, fewer than k+1 unmasked items); their ids are not to be used."""
+        exact = (self.kept_v[:, :-1] > self.kept_v[:, 1:]).all(dim=1)
+        return self.kept_i[:, : self.k1 - 1], exact
+
+
+def fused_topk(user_rows, item_table, k, block, history=None, reference=None):
+    """Top-k item ids of ``user_rows @ item_table.T`` with item 0 and ``history`` (rows, items) at -inf,
+    computed ``block`` items at a time: ``(ids [B, k], exact [B])`` as :meth:`RunningTopK.result`. With
+    ``reference`` (RecBole's masked score matrix of the batch), every block is compared with it bit for bit and
+    a difference raises ``ValueError``."""
+    n = item_table.shape[0]
+    state = RunningTopK(user_rows, n, k, block, history)
+    for b, start in enumerate(range(0, n, block)):
+        state.feed(b, start, item_table[start : start + block], reference)
+    return state.result()
+
+
+def fused_topk_batches(batches, item_table, k, block):
+    """:func:`fused_topk` of several batches ``[(user_rows, history), ...]`` with the loops turned around: each
+    item block is fed to every batch before the next block, so it is read from memory once per evaluation
+    instead of once per batch. Every batch's products have the shapes (hence the roundings) of its own
+    :func:`fused_topk`, so the results are the same."""
+    n = item_table.shape[0]
+    buffers: dict[int, torch.Tensor] = {}  # one score scratch per batch size
+    states = []
+    for user_rows, history in batches:
+        m = user_rows.shape[0]
+        if m not in buffers:
+            buffers[m] = user_rows.new_empty((m, min(block, n)))
+        states.append(RunningTopK(user_rows, n, k, block, history, buffers[m]))
+    for b, start in enumerate(range(0, n, block)):
+        items = item_table[start : start + block]
+        for state in states:
+            state.feed(b, start, items)
+    return [state.result() for state in states]
 
 
 def rows_topk(user_rows, item_table, k, block, history, rows):
@@ -261,7 +300,7 @@ class FastFullSortMixin:
             self, "_fast_blocks"
         ):  # (batch size, table shape, dtype, device) -> checked block width
             self._fast_blocks: dict[tuple, int | None] = {}
-        stats = self.fast_eval_stats = {
+        self.fast_eval_stats = {
             "fused": 0,
             "exact_route": 0,
             "tie_rows": 0,
@@ -269,13 +308,31 @@ class FastFullSortMixin:
         }
         collector = self.eval_collector
         num_sample = 0
+        # first pass: RecBole's batches in order; a batch for the blocked route is deferred to the second
+        entries, deferred = [], {}  # deferred: block width -> [(entry, user_rows, history, item_table)]
         for batched_data in iter_data:
-            num_sample += len(batched_data)
-            interaction, history, positive_u, positive_i = batched_data
-            ids = self._fused_batch_ids(batched_data, k) if self._fast_factors is not None else None
-            if ids is None:  # RecBole's calls on the whole batch: its scores, its torch.topk
-                ids = torch.topk(self._full_sort_batch_eval(batched_data)[1], k, dim=-1)[1]
-                stats["exact_route"] += len(interaction)
+            num_sample += len(batched_data[0])
+            ids, plan = self._plan_batch(batched_data, k) if self._fast_factors is not None else (None, None)
+            if plan is not None:
+                width, user_rows, item_table = plan
+                deferred.setdefault(width, []).append((len(entries), user_rows, batched_data[1], item_table))
+            elif ids is None:
+                ids = self._recbole_ids(batched_data, k)
+            entries.append([ids, batched_data])
+        # second pass: every deferred batch of a width, item block by item block (fused_topk_batches)
+        for width, group in deferred.items():
+            tables = {id(entry[3]) for entry in group}
+            if len(tables) == 1:
+                results = fused_topk_batches(
+                    [(rows, hist) for _, rows, hist, _ in group], group[0][3], k, width
+                )
+            else:  # the model gave each batch its own item table: one batch at a time
+                results = [fused_topk(rows, table, k, width, hist) for _, rows, hist, table in group]
+            for (index, user_rows, _history, item_table), (ids, exact) in zip(group, results):
+                entries[index][0] = self._settle_ties(
+                    ids, exact, entries[index][1], user_rows, item_table, k, width
+                )
+        for ids, (_interaction, _history, positive_u, positive_i) in entries:
             if collector.register.need("rec.items"):
                 collector.data_struct.update_tensor("rec.items", ids)
             if collector.register.need("rec.topk"):
@@ -289,15 +346,21 @@ class FastFullSortMixin:
         self.wandblogger.log_eval_metrics(result, head="eval")
         return result
 
-    def _fused_batch_ids(self, batched_data, k):
-        """The batch's top-k ids by :func:`fused_topk`, or None: a row not exact (then RecBole's route takes the
-        batch), or no block width whose scores equal RecBole's for this batch size (then it takes the rest)."""
+    def _recbole_ids(self, batched_data, k):
+        """RecBole's calls on the whole batch: its scores, its ``torch.topk``."""
+        self.fast_eval_stats["exact_route"] += len(batched_data[0])
+        return torch.topk(self._full_sort_batch_eval(batched_data)[1], k, dim=-1)[1]
+
+    def _plan_batch(self, batched_data, k):
+        """``(ids, None)`` for a batch answered now (the first of its size: RecBole's ids, computed for the
+        check of the block widths), ``(None, (width, user_rows, item_table))`` for a batch of the blocked route,
+        ``(None, None)`` for RecBole's route (no block width equal to RecBole's scores for this size)."""
         interaction, history, _, _ = batched_data
         m, n = len(interaction), self.tot_item_num
         user_rows, item_table = self._fast_factors(self.model, interaction.to(self.device))
         if item_table.shape[0] != n:
             self._fast_factors = None
-            return None
+            return None, None
         key = (m, tuple(item_table.shape), str(item_table.dtype), str(item_table.device))
         # checked once per shape (kept across evaluations): BLAS picks its kernels by shape, not by values
         if key not in self._fast_blocks:
@@ -312,22 +375,26 @@ class FastFullSortMixin:
                 if bool((ids[exact] == reference_ids[exact]).all()):
                     self._fast_blocks[key] = width
                     self.fast_eval_stats["exact_route"] += m  # RecBole's own ids, computed for the check
-                    return reference_ids
+                    return reference_ids, None
             getLogger().warning(
                 f"fast_full_sort: no block scores equal to {type(self.model).__name__}'s ({key})"
             )
         width = self._fast_blocks[key]
         if width is None:
-            return None
-        ids, exact = fused_topk(user_rows, item_table, k, width, history)
+            return None, None
+        return None, (width, user_rows, item_table)
+
+    def _settle_ties(self, ids, exact, batched_data, user_rows, item_table, k, width):
+        """The batch's ids: rows with a tie among their best k+1 get ``torch.topk`` over their full, bit-equal
+        score rows (CPU topk ranks each row alone: RecBole's tie-breaking); on another device such a batch
+        takes RecBole's route (CUDA's topk may pick its algorithm by shape)."""
         if not bool(exact.all()):
             ties = (~exact).nonzero().flatten()
             self.fast_eval_stats["tie_rows"] += len(ties)
-            if user_rows.device.type != "cpu":  # CUDA's topk may pick its algorithm by shape: RecBole's batch
-                return None
-            # CPU topk treats every row alone: the tied rows' full (bit-equal) score rows give RecBole's ids
-            ids[ties] = rows_topk(user_rows, item_table, k, width, history, ties)
-        self.fast_eval_stats["fused"] += m
+            if user_rows.device.type != "cpu":
+                return self._recbole_ids(batched_data, k)
+            ids[ties] = rows_topk(user_rows, item_table, k, width, batched_data[1], ties)
+        self.fast_eval_stats["fused"] += len(ids)
         return ids
 
 
@@ -336,12 +403,23 @@ _WRAPPED: dict[type, type] = {}
 
 def with_fast_full_sort(trainer_class: type) -> type:
     """``trainer_class`` with :class:`FastFullSortMixin` first in its bases, for a RecBole trainer that keeps
-    ``Trainer.evaluate``; any other class is returned as it is."""
+    ``Trainer.evaluate``, and :class:`~recbole_pmtrec.trainer.optim.BlockedAdamMixin` for one that keeps
+    ``Trainer._build_optimizer``; any other class is returned as it is."""
+    from recbole_pmtrec.trainer.optim import BlockedAdamMixin
+
     if not isinstance(trainer_class, type) or not issubclass(trainer_class, Trainer):
         return trainer_class
-    if issubclass(trainer_class, FastFullSortMixin) or trainer_class.evaluate is not Trainer.evaluate:
+    bases = []
+    if not issubclass(trainer_class, FastFullSortMixin) and trainer_class.evaluate is Trainer.evaluate:
+        bases.append(FastFullSortMixin)
+    if (
+        not issubclass(trainer_class, BlockedAdamMixin)
+        and trainer_class._build_optimizer is Trainer._build_optimizer
+    ):
+        bases.append(BlockedAdamMixin)
+    if not bases:
         return trainer_class
     if trainer_class not in _WRAPPED:
         name = trainer_class.__name__
-        _WRAPPED[trainer_class] = type(name, (FastFullSortMixin, trainer_class), {"__module__": __name__})
+        _WRAPPED[trainer_class] = type(name, (*bases, trainer_class), {"__module__": __name__})
     return _WRAPPED[trainer_class]
