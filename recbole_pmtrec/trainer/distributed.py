@@ -52,6 +52,7 @@ class DistributedStep:
         self.bytes_total = 0
         self.shared_rng = _shared_generator_state(trainer.config["seed"])
         self._share_combiner_randomness(trainer.combiner)
+        self._wait_for_checkpoints(trainer)
         sampler = getattr(trainer.model, "aux_sampler", None)
         if sampler is not None:  # global aux batch = union of the ranks' draws, of the one-process size
             sampler.batch_size = max(1, sampler.batch_size // self.world)
@@ -74,6 +75,24 @@ class DistributedStep:
             return result
 
         return call
+
+    # -------------------------------------------------------------------------------- checkpoints
+    @staticmethod
+    def _wait_for_checkpoints(trainer) -> None:
+        """Every rank returns from ``_save_checkpoint`` only once rank 0 has written the whole file (a barrier
+        after the save; an instance attribute, the trainer's class untouched). Ranks other than 0 return from
+        the save at once, and a read right after it (``evaluate(load_best_model=True)`` after ``fit``, as
+        RecBole's examples call it, or a resume in the same group) would find no file or a partial one.
+        Every rank calls ``_save_checkpoint`` (``fit``'s decisions are the same on every rank; the save
+        gathers the ranks' random states, a collective already), so the barrier adds no new way to hang."""
+        save = trainer._save_checkpoint
+
+        def save_then_wait(*args, **kwargs):
+            result = save(*args, **kwargs)
+            dist.barrier()
+            return result
+
+        trainer._save_checkpoint = save_then_wait
 
     # -------------------------------------------------------------------------------- the step
     def reduce(self, blocks, dense_sum, per_task_dense, losses):
