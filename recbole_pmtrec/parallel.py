@@ -66,16 +66,22 @@ def _distinct_run_names() -> None:
     utils_module.get_local_time = trainer_module.get_local_time = get_local_time
 
 
-def _trial(objective, params: dict, config_files, cwd: str, argv: list[str]) -> dict:
-    """One trial in a Ray worker: one thread, the driver's working directory and command line (RecBole's
-    Config reads ``--key=value`` from ``sys.argv``); never raises."""
-    os.environ["OMP_NUM_THREADS"] = "1"
+def prepare_worker(cwd: str, argv: list[str], threads: int = 1) -> None:
+    """A Ray worker about to run a task as the driver would: ``threads`` torch threads, the driver's working
+    directory and command line (RecBole's Config reads ``--key=value`` from ``sys.argv``), run names of
+    its own."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     os.chdir(cwd)
     sys.argv = list(argv)
     _distinct_run_names()
+
+
+def _trial(objective, params: dict, config_files, cwd: str, argv: list[str]) -> dict:
+    """One trial in a Ray worker (one thread, see ``prepare_worker``); never raises."""
+    prepare_worker(cwd, argv)
     started = time.time()
     try:
         return {"result": objective(dict(params), config_files), "seconds": time.time() - started}

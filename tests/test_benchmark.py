@@ -16,9 +16,9 @@ import pytest
 
 from recbole_pmtrec.benchmark import runner as cell_runner
 from recbole_pmtrec.benchmark.__main__ import main
-from recbole_pmtrec.benchmark.driver import Benchmark
+from recbole_pmtrec.benchmark.driver import Benchmark, CellStore, _jsonable
 from recbole_pmtrec.benchmark.report import cells_table, table2, write_report
-from recbole_pmtrec.benchmark.suite import load_suite, method_spec, suites
+from recbole_pmtrec.benchmark.suite import base_cells, load_suite, method_spec, suites
 from recbole_pmtrec.quick_start import run_recbole_pmtrec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -210,6 +210,28 @@ def test_stages_pick_by_valid_score_and_share_identical_cells(fake_suite, tmp_pa
         1.1,
         1.2,
     ]
+
+
+def test_skip_base_trains_no_base_cell_and_reads_finished_ones(fake_suite, tmp_path):
+    """--skip-base: the methods start from the first base point when no base cell has finished, and from the
+    best finished one when some have; no base cell is trained either way."""
+    suite = fake_suite.select(None, ["BPR"])
+    out = tmp_path / "out"
+    counter = CountingRunner(fake_runner)
+    bench = Benchmark(suite, out, runner=counter, skip_base=True, progress=False)
+    bench.run()
+    assert counter.ids and all("__BPR__" in i for i in counter.ids)
+    assert bench.picks["office"]["base"] == {"learning_rate": 0.01, "weight_decay": 0.0}  # the first point
+    # a finished base cell (lr 0.001, made the better one) is read and its settings passed on
+    base = next(c for c in base_cells(suite, suite.datasets["office"]) if c.params["learning_rate"] == 0.001)
+    record = {**fake_runner(base), "id": base.id, "params": base.params, "config": _jsonable(base.config)}
+    record["best_valid_score"] = 0.5
+    CellStore(out).save({**record, "dataset": "office", "method": "ew", "stage": "base"})
+    again = CountingRunner(fake_runner)
+    bench = Benchmark(suite, out, resume=True, runner=again, skip_base=True, progress=False)
+    bench.run()
+    assert bench.picks["office"]["base"] == {"learning_rate": 0.001, "weight_decay": 0.0}
+    assert len(again.ids) == 1 and bench.results[again.ids[0]]["params"]["learning_rate"] == 0.001  # BPR
 
 
 def test_table2_layout(fake_suite, tmp_path):

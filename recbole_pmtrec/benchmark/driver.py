@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -126,8 +126,10 @@ class Benchmark:
         progress: bool = True,
         run_cells: bool = True,
         device: dict | None = None,
+        skip_base: bool = False,
     ):
         self.suite = suite
+        self.skip_base = skip_base  # the base grid's finished cells are read, its missing ones not trained
         self.device = dict(device or {})
         self.out = Path(out)
         self.store = CellStore(self.out)
@@ -154,11 +156,18 @@ class Benchmark:
         total = sum(self._nominal_cells(plan) for plan in self.suite.datasets.values())
         self.bar = tqdm(total=total, desc=f"{self.suite.name}", unit="cell", disable=not self.progress)
         try:
-            for plan in self.suite.datasets.values():
-                self._run_dataset(plan)
+            self._run_plans([self._stages(plan) for plan in self.suite.datasets.values()])
         finally:
             self.bar.close()
         return self.results
+
+    def _run_plans(self, plans: list[Iterator[list[Cell]]]) -> None:
+        """Each dataset's batches (``_stages``) one after the other, each cell in order (the Ray runner,
+        ``ray_cells``, trains a batch's cells at once and the datasets side by side)."""
+        for stages in plans:
+            for cells in stages:
+                for cell in cells:
+                    self.ensure(cell)
 
     def _nominal_cells(self, plan: DatasetPlan) -> int:
         count = len(grid_points(plan.base_grid))
@@ -182,10 +191,20 @@ class Benchmark:
 
     def ensure(self, cell: Cell) -> dict | None:
         """The cell's record: from ``out`` when resuming and it is there, else trained now (and saved)."""
+        if not self._settle(cell):
+            return self.results.get(cell.id)
+        try:
+            return self._train(cell)
+        finally:
+            self.store.release(cell.id)
+
+    def _settle(self, cell: Cell) -> bool:
+        """True when this process must train the cell now (it holds the claim); else the cell's record is in
+        ``results`` (run before, or reused from ``out``) or it is counted missing."""
         if cell.id in self.results:
             self.bar.total = max(self.bar.n, self.bar.total - 1)  # planned twice: one cell
             self.bar.refresh()
-            return self.results[cell.id]
+            return False
         stored = self.store.load(cell.id)
         reuse = (
             stored is not None
@@ -196,27 +215,30 @@ class Benchmark:
         if reuse or not self.run_cells:
             if stored is None or not reuse:
                 self.missing.append(cell.id)
-                self.bar.update(1)
-                return None
-            self.results[cell.id] = stored
-            self.skipped.append(cell.id)
+            else:
+                self.results[cell.id] = stored
+                self.skipped.append(cell.id)
             self.bar.update(1)
-            return stored
+            return False
         if not self.store.claim(cell.id):
             self.missing.append(cell.id)
             self.elsewhere.append(cell.id)
             self.bar.update(1)
-            return None
-        try:
-            return self._train(cell)
-        finally:
-            self.store.release(cell.id)
+            return False
+        return True
+
+    def run_config(self, cell: Cell) -> Cell:
+        """The cell as this process trains it: with ``device`` (which is not part of the cell)."""
+        return dataclasses.replace(cell, config={**cell.config, **self.device}) if self.device else cell
 
     def _train(self, cell: Cell) -> dict:
         self.bar.set_postfix_str(cell.id)
         started = datetime.now().isoformat(timespec="seconds")
-        run = dataclasses.replace(cell, config={**cell.config, **self.device}) if self.device else cell
-        outcome = (self.runner or cell_runner.run_cell_safely)(run)
+        outcome = (self.runner or cell_runner.run_cell_safely)(self.run_config(cell))
+        return self.record(cell, outcome, started, datetime.now().isoformat(timespec="seconds"))
+
+    def record(self, cell: Cell, outcome: dict, started: str, finished: str) -> dict:
+        """The cell's record from the runner's ``outcome``: saved to ``out`` at once and kept in ``results``."""
         record = {
             "id": cell.id,
             "suite": self.suite.name,
@@ -228,7 +250,7 @@ class Benchmark:
             "config": _jsonable(cell.config),
             "command": cell_command(cell),
             "started": started,
-            "finished": datetime.now().isoformat(timespec="seconds"),
+            "finished": finished,
             **outcome,
         }
         self.store.save(record)
@@ -237,73 +259,116 @@ class Benchmark:
         self.bar.update(1)
         return record
 
-    def _run_dataset(self, plan: DatasetPlan) -> None:
+    def _records(self, cells: list[Cell]) -> list[dict | None]:
+        return [self.results.get(c.id) for c in cells]
+
+    def _stages(self, plan: DatasetPlan) -> Iterator[list[Cell]]:
+        """A dataset's cells in batches of cells that do not depend on each other; each batch is planned from
+        the picks of the ones before, so the caller runs a batch before asking for the next. Batches: the base
+        grid; every other method's grid (from the base pick); the encoder, seed, ablation and sensitivity
+        cells (from the methods' picks). Cells are listed in the order the stages pick from them."""
         picks = self.picks.setdefault(plan.name, {"methods": {}})
         base_plan = base_cells(self.suite, plan)
-        base = best_record([self.ensure(c) for c in base_plan])
+        if self.skip_base:  # the finished ones only: the methods start from their best, or the first point
+            for cell in base_plan:
+                stored = self.store.load(cell.id)
+                if stored and stored.get("config") == _jsonable(cell.config) and stored.get("status") == "ok":
+                    self.results[cell.id] = stored
+        else:
+            yield base_plan
+        base = best_record(self._records(base_plan))
         base_params = dict(base["params"]) if base else dict(base_plan[0].params)
         picks["base"] = base_params
         if base:
             picks["methods"][self.suite.base_method] = base["id"]
-        for method in plan.methods:
-            if method == self.suite.base_method:
-                continue
-            cells = method_cells(plan, method, base_params)
-            best = best_record([self.ensure(c) for c in cells])
+        grids = {m: method_cells(plan, m, base_params) for m in plan.methods if m != self.suite.base_method}
+        yield [c for cells in grids.values() for c in cells]
+        for method, cells in grids.items():
+            best = best_record(self._records(cells))
             if best:
                 picks["methods"][method] = best["id"]
-        self._run_encoders(plan, picks)
-        self._run_seeds(plan, picks)
-        if "pmtrec" not in plan.methods or "pmtrec" not in picks["methods"]:
-            return
-        best_pmtrec = dict(self.results[picks["methods"]["pmtrec"]]["params"])
-        if plan.name in self.suite.ablation:
-            picks["ablation"] = {}
-            for variant, cell in ablation_cells(plan, best_pmtrec).items():
-                if self.ensure(cell):
-                    picks["ablation"][variant] = cell.id
-        if plan.name in self.suite.sensitivity.get("datasets", []):
-            picks["sensitivity"] = {}
-            for knob, cells in sensitivity_cells(self.suite, plan, best_pmtrec).items():
-                picks["sensitivity"][knob] = [c.id for c in cells if self.ensure(c)]
 
-    def _run_seeds(self, plan: DatasetPlan, picks: dict) -> None:
-        """``picks["seeds"][method]`` = the chosen cell's id and those of its finished other-seed runs."""
+        encoders = self._encoder_cells(plan, picks)
+        seeds = self._seed_cells(plan, picks)
+        ablation, sensitivity = {}, {}
+        if "pmtrec" in plan.methods and "pmtrec" in picks["methods"]:
+            best_pmtrec = dict(self.results[picks["methods"]["pmtrec"]]["params"])
+            if plan.name in self.suite.ablation:
+                ablation = ablation_cells(plan, best_pmtrec)
+            if plan.name in self.suite.sensitivity.get("datasets", []):
+                sensitivity = sensitivity_cells(self.suite, plan, best_pmtrec)
+        yield [
+            *(c for cells in encoders.values() for c in cells),
+            *(c for cells in seeds.values() for c in cells),
+            *ablation.values(),
+            *(c for cells in sensitivity.values() for c in cells),
+        ]
+        self._pick_encoders(plan, picks, encoders)
+        self._pick_seeds(plan, picks, seeds)
+        if ablation:
+            picks["ablation"] = {variant: c.id for variant, c in ablation.items() if c.id in self.results}
+        if sensitivity:
+            picks["sensitivity"] = {
+                knob: [c.id for c in cells if c.id in self.results] for knob, cells in sensitivity.items()
+            }
+
+    def _seed_cells(self, plan: DatasetPlan, picks: dict) -> dict[str, list[Cell]]:
+        """``{method: its chosen cell with the other seeds}`` for the methods the ``seeds`` section reruns."""
         methods = seed_methods(self.suite, plan)
-        if not methods:
+        return {
+            method: seed_cells(self.suite, plan, method, dict(self.results[cell_id]["params"]))
+            for method, cell_id in picks["methods"].items()
+            if method in methods
+        }
+
+    def _pick_seeds(self, plan: DatasetPlan, picks: dict, seeds: dict[str, list[Cell]]) -> None:
+        """``picks["seeds"][method]`` = the chosen cell's id and those of its finished other-seed runs."""
+        if not seed_methods(self.suite, plan):
             return
         picks["seeds"] = {}
-        for method, cell_id in list(picks["methods"].items()):
-            if method not in methods:
-                continue
-            chosen = dict(self.results[cell_id]["params"])
-            runs = [cell_id] + [c.id for c in seed_cells(self.suite, plan, method, chosen) if self.ensure(c)]
+        for method, cells in seeds.items():
+            runs = [picks["methods"][method]] + [c.id for c in cells if c.id in self.results]
             picks["seeds"][method] = [i for i in runs if self.results[i].get("status") == "ok"]
 
-    def _run_encoders(self, plan: DatasetPlan, picks: dict) -> None:
-        """Fig. 3: ``picks["encoders"][encoder][method]`` = the best cell of the method with that encoder."""
+    def _encoder_cells(self, plan: DatasetPlan, picks: dict) -> dict[tuple[str, str], list[Cell]]:
+        """Fig. 3: ``{(encoder, method): cells}``, each method at its tuned knobs with each other encoder."""
+        spec = self.suite.encoders
+        if plan.name not in spec.get("datasets", []):
+            return {}
+        own = plan.config.get("encoder", "mf")
+        return {
+            (encoder, method): encoder_cells(
+                self.suite, plan, method, dict(self.results[picks["methods"][method]]["params"]), encoder
+            )
+            for encoder in spec["encoders"]
+            if encoder != own
+            for method in spec["methods"]
+            if method in picks["methods"]  # not in this run's methods, or its cells are missing
+        }
+
+    def _pick_encoders(
+        self, plan: DatasetPlan, picks: dict, cells: dict[tuple[str, str], list[Cell]]
+    ) -> None:
+        """``picks["encoders"][encoder][method]`` = the best cell of the method with that encoder."""
         spec = self.suite.encoders
         if plan.name not in spec.get("datasets", []):
             return
         own = plan.config.get("encoder", "mf")
-        picks["encoders"] = {}
+        chosen = {}
         for encoder in spec["encoders"]:
-            chosen = picks["encoders"].setdefault(encoder, {})
+            row = chosen.setdefault(encoder, {})
             for method in spec["methods"]:
                 if method not in picks["methods"]:
-                    continue  # not in this run's methods, or its cells are missing
-                if encoder == own:
-                    chosen[method] = picks["methods"][method]
                     continue
-                tuned = dict(self.results[picks["methods"][method]]["params"])
-                best = best_record(
-                    [self.ensure(c) for c in encoder_cells(self.suite, plan, method, tuned, encoder)]
-                )
+                if encoder == own:
+                    row[method] = picks["methods"][method]
+                    continue
+                best = best_record(self._records(cells[encoder, method]))
                 if best:
-                    chosen[method] = best["id"]
-        picks["encoders"] = {e: row for e, row in picks["encoders"].items() if row}
-        if not picks["encoders"]:
-            del picks["encoders"]
+                    row[method] = best["id"]
+        chosen = {e: row for e, row in chosen.items() if row}
+        if chosen:
+            picks["encoders"] = chosen
 
 
 def _jsonable(value):

@@ -127,11 +127,14 @@ def selected_table(suite: Suite, results: dict, picks: dict) -> str:
 
 
 def cells_table(results: dict) -> str:
+    """Every cell, by dataset, each dataset's in ``results``' order: the order the run planned them, the same
+    whether the cells were trained one after the other, on Ray, resumed or only read back (not their start
+    times, which differ between such runs)."""
     lines = [
         "| dataset | stage | method | knobs | valid R@20 | test R@20 | test N@20 | best epoch / run | wall s |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["started"])):
+    for r in sorted(results.values(), key=lambda r: r["dataset"]):
         if r.get("status") != "ok":
             lines.append(
                 f"| {r['dataset']} | {r['stage']} | {display_name(r['method'])} | {knobs_text(r['params'])} | "
@@ -458,7 +461,7 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
         f"The whole suite: `{command}`. Each cell below runs alone from the project root (RecBole's command "
         "line; every config entry of the cell is on it) and gives the cell's numbers.\n",
     ]
-    for r in sorted(results.values(), key=lambda r: (r["dataset"], r["started"])):
+    for r in sorted(results.values(), key=lambda r: r["dataset"]):
         status = f"{r['wall_s']:.0f} s" if r.get("status") == "ok" else f"failed: {r.get('error')}"
         lines += [f"## {r['id']}\n", f"stage {r['stage']}, {status}\n", f"```bash\n{r['command']}\n```\n"]
     commands = out / "commands.md"

@@ -180,9 +180,14 @@ def run_cell_safely(cell: Cell) -> dict:
         raise
     except Exception as err:
         getLogger().exception(f"benchmark cell {cell.id} failed")
-        return {
-            "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(),
-            "wall_s": time.perf_counter() - start,
-        }
+        return failure(err, time.perf_counter() - start)
+
+
+def failure(err: BaseException, wall_s: float) -> dict:
+    """A failed cell's outcome (called in the ``except`` block: the traceback is the one being handled)."""
+    return {
+        "status": "failed",
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+        "wall_s": wall_s,
+    }
