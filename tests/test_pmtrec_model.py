@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,9 +121,11 @@ def _train(tmp_path, name, epochs, resume_from=None):
     model = PMTRec(config, train_data._dataset)
     trainer = get_trainer(config["MODEL_TYPE"], "PMTRec")(config, model)
     if resume_from:
-        trainer.resume_checkpoint(resume_from)
-        # a different global random state than the interrupted run had: the checkpoint must restore it
+        # other global random states than the interrupted run had: the checkpoint must restore them
         torch.manual_seed(12345)
+        np.random.seed(12345)
+        random.seed(12345)
+        trainer.resume_checkpoint(resume_from)
     trainer.fit(train_data, None, saved=True, show_progress=False)
     return trainer, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
