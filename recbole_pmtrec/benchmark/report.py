@@ -270,8 +270,9 @@ def seeds_table(suite: Suite, results: dict, picks: dict) -> str:
             mean, std = _mean_std(diffs)
             notes.append(
                 f"{dataset}: PMTRec vs {display_name(best)} (the best baseline by mean R@20), paired over "
-                f"{len(common)} seeds: better in {wins}, R@20 difference {mean:+.4f} ± {std:.4f} "
-                f"({100 * (means['pmtrec'] / baselines[best] - 1):+.1f}% of the means)."
+                f"{len(common)} seeds: better in {wins}, R@20 difference {mean:+.4f}"
+                + (f" ± {std:.4f} " if len(common) > 1 else " (one seed: no spread) ")
+                + f"({100 * (means['pmtrec'] / baselines[best] - 1):+.1f}% of the means)."
             )
     return "\n".join(lines) + "\n" + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
 
