@@ -6,6 +6,8 @@ upstream RecBole issue it answers. None of them switches a safety off for the wh
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -120,6 +122,31 @@ def _trainer_checkpoints() -> None:
         trainer_module.torch = _CheckpointTorch()
 
 
+def _ensure_dir(dir_path) -> None:
+    """RecBole's ``ensure_dir`` without its race: ``exists`` then ``makedirs`` fails in one of two processes
+    that create the same folder at once (every rank of a multi-process run builds its ``Trainer``, which
+    ensures ``checkpoint_dir``)."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+_recbole_ensure_dir = None
+
+
+def _race_free_ensure_dir() -> None:
+    import recbole.data.dataset.dataset as dataset_module
+    import recbole.data.utils as data_utils
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils as utils_package
+    import recbole.utils.logger as logger_module
+    import recbole.utils.utils as utils_module
+
+    global _recbole_ensure_dir
+    if utils_module.ensure_dir is not _ensure_dir:
+        _recbole_ensure_dir = utils_module.ensure_dir  # kept for the test that shows the race
+    for module in (utils_module, utils_package, trainer_module, data_utils, dataset_module, logger_module):
+        module.ensure_dir = _ensure_dir
+
+
 def apply() -> None:
     """Install every shim (idempotent)."""
     global _APPLIED
@@ -130,4 +157,5 @@ def apply() -> None:
     _scipy_dok()
     _recbole_pandas_warnings()
     _trainer_checkpoints()
+    _race_free_ensure_dir()
     _APPLIED = True

@@ -285,3 +285,21 @@ def test_readme_shows_the_table_the_demo_prints():
         in readme
     )
     assert "properties/demo_ml100k.yaml" in readme
+
+
+def test_ensure_dir_tolerates_a_folder_created_by_another_process(tmp_path, monkeypatch):
+    """Every rank of a multi-process run builds a Trainer, which ensures checkpoint_dir: RecBole's ensure_dir
+    (exists, then makedirs) raises in the rank that loses the race. The race, by hand: the folder appears
+    between the check and the creation."""
+    import os
+
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils.logger as logger_module
+
+    folder = tmp_path / "saved"
+    folder.mkdir()  # made by the other rank after this one looked
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    for ensure_dir in (trainer_module.ensure_dir, logger_module.ensure_dir):
+        ensure_dir(str(folder))
+    with pytest.raises(FileExistsError):  # RecBole's own: the race is real
+        compat._recbole_ensure_dir(str(folder))
