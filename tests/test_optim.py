@@ -86,13 +86,18 @@ def test_resumes_from_torch_adam_state():
 
 
 def test_other_settings_take_torch_path(monkeypatch):
-    """amsgrad (and foreach, capturable, ...) is handed to torch.optim.Adam.step unchanged."""
+    """amsgrad (and foreach, capturable, ...) and parameters off the CPU are handed to torch.optim.Adam.step."""
     called = []
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, closure=None: called.append(1))
     table = torch.nn.Parameter(torch.zeros(optim.MIN_BLOCKED, 1))
     table.grad = torch.ones_like(table)
     BlockedAdam([table], amsgrad=True).step()
     assert called == [1]
+    # a parameter off the CPU (where torch defaults to its foreach / fused kernels): torch's step too
+    elsewhere = torch.nn.Parameter(torch.zeros(optim.MIN_BLOCKED, 1, device="meta"))
+    elsewhere.grad = torch.ones_like(elsewhere)
+    BlockedAdam([table, elsewhere]).step()
+    assert called == [1, 1]
 
 
 def test_blocked_only_replaces_plain_adam():

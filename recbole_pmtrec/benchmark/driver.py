@@ -207,9 +207,8 @@ class Benchmark:
             return False
         stored = self.store.load(cell.id)
         reuse = (
-            stored is not None
-            and self.resume
-            and stored.get("config") == _jsonable(cell.config)
+            self.resume
+            and _same_cell(cell, stored)
             and (stored.get("status") == "ok" or not self.retry_failed)
         )
         if reuse or not self.run_cells:
@@ -269,10 +268,10 @@ class Benchmark:
         cells (from the methods' picks). Cells are listed in the order the stages pick from them."""
         picks = self.picks.setdefault(plan.name, {"methods": {}})
         base_plan = base_cells(self.suite, plan)
-        if self.skip_base:  # the finished ones only: the methods start from their best, or the first point
+        if self.skip_base:  # the stored ones only: the methods start from their best, or the first point
             for cell in base_plan:
                 stored = self.store.load(cell.id)
-                if stored and stored.get("config") == _jsonable(cell.config) and stored.get("status") == "ok":
+                if _same_cell(cell, stored):
                     self.results[cell.id] = stored
         else:
             yield base_plan
@@ -369,6 +368,11 @@ class Benchmark:
         chosen = {e: row for e, row in chosen.items() if row}
         if chosen:
             picks["encoders"] = chosen
+
+
+def _same_cell(cell: Cell, stored: dict | None) -> bool:
+    """Whether ``stored`` is a record of ``cell`` (the same config), whatever its status."""
+    return stored is not None and stored.get("config") == _jsonable(cell.config)
 
 
 def _jsonable(value):

@@ -311,7 +311,9 @@ class FastFullSortMixin:
         # first pass: RecBole's batches in order; a batch for the blocked route is deferred to the second
         entries, deferred = [], {}  # deferred: block width -> [(entry, user_rows, history, item_table)]
         for batched_data in iter_data:
-            num_sample += len(batched_data[0])
+            num_sample += len(
+                batched_data
+            )  # as RecBole's evaluate counts (its weight of a rank in _map_reduce)
             ids, plan = self._plan_batch(batched_data, k) if self._fast_factors is not None else (None, None)
             if plan is not None:
                 width, user_rows, item_table = plan

@@ -173,10 +173,8 @@ class MultiTaskTrainer(FastFullSortMixin, BlockedAdamMixin, Trainer):
             or grad.device != weight.device
         ):
             grad = torch.zeros_like(weight)
-        elif last is not None:
-            grad[last] = 0
         else:
-            grad.zero_()
+            grad[last] = 0
         grad[index] = rows_grad.detach()
         self._grad_buffers[name] = (grad, index)
         weight.grad = grad

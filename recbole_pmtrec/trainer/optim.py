@@ -14,7 +14,8 @@ each kernel cover the same elements (only the tensor's last elements take the sc
 ``tests/test_optim.py`` checks parameters and both moments against ``torch.optim.Adam`` with ``torch.equal``
 over many steps (weight decay, odd sizes, zero-gradient rows, 1 and 2 threads, a resume from a state dict).
 
-It is used only where it changes nothing but the memory traffic: CPU tensors, the default single-tensor path
+It is used only where it changes nothing but the memory traffic: every parameter on the CPU (elsewhere PyTorch
+defaults to its foreach or fused kernels), the default single-tensor path
 (not ``foreach`` / ``fused``, not ``capturable`` / ``differentiable`` / ``amsgrad``, no grad scaling, real
 dtypes); anything else is handed to ``torch.optim.Adam.step`` as it is. The optimizer's state dict is Adam's
 (same keys), so checkpoints load into either class.
@@ -38,7 +39,8 @@ class BlockedAdam(torch.optim.Adam):
     """``torch.optim.Adam`` whose CPU update of a large parameter runs chunk by chunk (module docstring)."""
 
     def _blockable(self, group) -> bool:
-        return not (
+        on_cpu = all(p.device.type == "cpu" for p in group["params"])  # elsewhere torch picks foreach / fused
+        return on_cpu and not (
             group["foreach"]
             or group["fused"]
             or group["capturable"]
@@ -64,8 +66,7 @@ class BlockedAdam(torch.optim.Adam):
             for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
                 tensors = (p, g, m, v)
                 chunked = (
-                    p.device.type == "cpu"
-                    and p.numel() >= MIN_BLOCKED
+                    p.numel() >= MIN_BLOCKED
                     and not torch.is_complex(p)
                     and all(t.is_contiguous() and t.device == p.device for t in tensors)
                 )
