@@ -539,3 +539,32 @@ def test_a_grid_for_a_method_not_in_the_suite_is_refused(tmp_path):
     text = FAKE_SUITE.replace("pmtrec_tau: [0.1, 0.01]}", "pmtrec_tau: [0.1, -0.01]}")
     message = _refused(tmp_path, text)
     assert "tuning.method_grids.pmtrec.pmtrec_tau: config key 'pmtrec_tau' has the value -0.01" in message
+
+
+def test_a_grid_may_be_a_list_of_sub_grids_run_in_order(tmp_path):
+    """A staged search: the alpha x tau product at one point, then tau at another alpha; a point listed
+    twice is one cell; a sub-grid that is not a mapping, or has a refused value, is named with its index."""
+    text = FAKE_SUITE.replace(
+        "    pmtrec: {pmtrec_alpha: [1.0, 1.1], pmtrec_tau: [0.1, 0.01]}",
+        "    pmtrec:\n      - {pmtrec_alpha: [1.0, 1.1], pmtrec_tau: [0.1]}\n"
+        "      - {pmtrec_alpha: [1.1], pmtrec_tau: [0.1, 0.01, 0.001]}",
+    )
+    path = tmp_path / "staged.yaml"
+    path.write_text(text)
+    suite = load_suite(str(path))
+    counter = CountingRunner(fake_runner)
+    bench = Benchmark(suite.select(None, ["pmtrec"]), tmp_path / "out", runner=counter, progress=False)
+    bench.run()
+    pmtrec = [bench.results[i]["params"] for i in counter.ids if "__pmtrec__" in i]
+    assert [(p["pmtrec_alpha"], p["pmtrec_tau"]) for p in pmtrec[:4]] == [
+        (1.0, 0.1),
+        (1.1, 0.1),
+        (1.1, 0.01),
+        (1.1, 0.001),
+    ]
+    assert len(counter.ids) == len(set(counter.ids))
+    bad = text.replace("      - {pmtrec_alpha: [1.1], pmtrec_tau", "      - [1.1]\n      - {pmtrec_tau")
+    assert "tuning.method_grids.pmtrec[1] must be a mapping knob -> list of values" in _refused(tmp_path, bad)
+    bad = text.replace("pmtrec_tau: [0.1, 0.01, 0.001]", "pmtrec_tau: [0.1, -1.0]")
+    message = _refused(tmp_path, bad)
+    assert "tuning.method_grids.pmtrec[1].pmtrec_tau: config key 'pmtrec_tau' has the value -1.0" in message

@@ -73,7 +73,7 @@ class DatasetPlan:
     name: str
     config: dict
     methods: list[str]
-    base_grid: dict
+    base_grid: dict | list  # a grid or a list of sub-grids (grid_points)
     method_grids: dict
     paper: dict = field(default_factory=dict)  # metric -> method -> the paper's Table 2 value
     paper_ablation: dict = field(default_factory=dict)  # metric -> variant -> the paper's value
@@ -156,9 +156,20 @@ def _check_methods(where: str, key: str, methods) -> list:
 
 
 def _check_grid(where: str, key: str, grid) -> None:
-    """``{knob: [values]}``: each a non-empty list, each plugin knob's value allowed (validation.py)."""
+    """``{knob: [values]}`` (each a non-empty list, each plugin knob's value allowed: validation.py), or a
+    non-empty list of such sub-grids, run one after the other (``grid_points``)."""
+    if isinstance(grid, list) and grid:
+        for number, part in enumerate(grid):
+            if not isinstance(part, dict) or not part:
+                raise ValueError(
+                    f"{where}: {key}[{number}] must be a mapping knob -> list of values, got {part!r}"
+                )
+            _check_grid(where, f"{key}[{number}]", part)
+        return
     if not isinstance(grid, dict):
-        raise ValueError(f"{where}: {key} must be a mapping knob -> list of values, got {grid!r}")
+        raise ValueError(
+            f"{where}: {key} must be a mapping knob -> list of values (or a list of such mappings), got {grid!r}"
+        )
     for knob, values in grid.items():
         _check_values(where, f"{key}.{knob}", knob, values)
 
@@ -257,7 +268,7 @@ def load_suite(name_or_path: str) -> Suite:
             name=name,
             config={**raw["config"], **(spec.get("config") or {})},
             methods=list(spec.get("methods") or raw["methods"]),
-            base_grid=dict(spec.get("base_grid") or tuning["base_grid"]),
+            base_grid=copy.deepcopy(spec.get("base_grid") or tuning["base_grid"]),
             method_grids=method_grids,
             paper=(paper.get(name) or {}).get("table2") or {},
             paper_ablation=(paper.get(name) or {}).get("ablation") or {},
@@ -374,8 +385,16 @@ def display_name(method: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- cells
-def grid_points(grid: dict) -> list[dict]:
-    """Every combination of a ``{knob: [values]}`` grid, in the yaml's order (first knob slowest)."""
+def grid_points(grid: dict | list) -> list[dict]:
+    """Every combination of a ``{knob: [values]}`` grid, in the yaml's order (first knob slowest).
+
+    A list of sub-grids is their points one sub-grid after the other, each point once (a staged search:
+    say the whole alpha x skip grid at one tau, then tau at one alpha)."""
+    if isinstance(grid, list):
+        points = []
+        for part in grid:
+            points += [p for p in grid_points(part) if p not in points]
+        return points or [{}]
     if not grid:
         return [{}]
     keys = list(grid)
