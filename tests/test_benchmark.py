@@ -17,8 +17,9 @@ import pytest
 from recbole_pmtrec.benchmark import runner as cell_runner
 from recbole_pmtrec.benchmark.__main__ import main
 from recbole_pmtrec.benchmark.driver import Benchmark, CellStore, _jsonable
+from recbole_pmtrec.benchmark.methods import method_spec
 from recbole_pmtrec.benchmark.report import cells_table, table2, write_report
-from recbole_pmtrec.benchmark.suite import base_cells, load_suite, method_spec, suites
+from recbole_pmtrec.benchmark.suite import base_cells, load_suite, suites
 from recbole_pmtrec.quick_start import run_recbole_pmtrec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,13 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from recbole_pmtrec.benchmark.suite import (  # noqa: E402
-    SHORT_NAMES,
-    Suite,
-    display_name,
-    format_value,
-    is_mtl_method,
-)
+from recbole_pmtrec.benchmark.methods import display_name, is_mtl_method  # noqa: E402
+from recbole_pmtrec.benchmark.suite import SHORT_NAMES, Suite, format_value  # noqa: E402
 
 VARIANT_NAMES = {
     "no_focusing": "w/o focusing (alpha=1)",

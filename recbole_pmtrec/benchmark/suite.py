@@ -27,15 +27,26 @@ import copy
 import itertools
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from recbole_pmtrec.benchmark.methods import (
+    MAIN_MODEL,
+    is_mtl_method,
+    method_spec,
+    mtl_methods,
+    multitask_keys,
+)
+from recbole_pmtrec.benchmark.suite_checks import (
+    check_config,
+    check_grid,
+    check_method,
+    check_methods,
+    check_sensitivity,
+)
 from recbole_pmtrec.config import properties_dir
-from recbole_pmtrec.validation import check_value
 
-MAIN_MODEL = "PMTRec"  # the model every mtl_method trains
 ABLATIONS = {"no_focusing": {"pmtrec_alpha": 1.0}, "no_balancing": {"pmtrec_tau": 1.0}}
 SHORT_NAMES = {
     "learning_rate": "lr",
@@ -132,92 +143,6 @@ def suites() -> list[str]:
     return sorted(p.stem for p in (properties_dir() / "benchmark").glob("*.yaml"))
 
 
-def _check_method(where: str, key: str, method) -> None:
-    """A suite's method: an mtl_method of PMTRec or a model name; the error names the file and the key."""
-    if isinstance(method, str) and is_mtl_method(method):
-        return
-    try:
-        if not isinstance(method, str):
-            raise ValueError(f"a method is a name, got {method!r}")
-        method_spec(method)
-    except ValueError:
-        raise ValueError(
-            f"{where}: {key}: unknown method {method!r}; a method is an mtl_method of PMTRec "
-            f"({', '.join(mtl_methods())}) or a model name (BPR, LightGCN, ...: any RecBole or plugin model)"
-        ) from None
-
-
-def _check_methods(where: str, key: str, methods) -> list:
-    if not isinstance(methods, list) or not methods:
-        raise ValueError(f"{where}: {key} must be a non-empty list of methods, got {methods!r}")
-    for method in methods:
-        _check_method(where, key, method)
-    return methods
-
-
-def _check_grid(where: str, key: str, grid) -> None:
-    """``{knob: [values]}`` (each a non-empty list, each plugin knob's value allowed: validation.py), or a
-    non-empty list of such sub-grids, run one after the other (``grid_points``)."""
-    if isinstance(grid, list) and grid:
-        for number, part in enumerate(grid):
-            if not isinstance(part, dict) or not part:
-                raise ValueError(
-                    f"{where}: {key}[{number}] must be a mapping knob -> list of values, got {part!r}"
-                )
-            _check_grid(where, f"{key}[{number}]", part)
-        return
-    if not isinstance(grid, dict):
-        raise ValueError(
-            f"{where}: {key} must be a mapping knob -> list of values (or a list of such mappings), got {grid!r}"
-        )
-    for knob, values in grid.items():
-        _check_values(where, f"{key}.{knob}", knob, values)
-
-
-def _check_values(where: str, label: str, knob: str, values) -> None:
-    """A sweep of ``knob`` at ``label``: a non-empty list whose every value is allowed (validation.py)."""
-    if not isinstance(values, list) or not values:
-        raise ValueError(f"{where}: {label} must be a non-empty list of values, got {values!r}")
-    for value in values:
-        problem = check_value(knob, value)
-        if problem:
-            raise ValueError(f"{where}: {label}: {problem}")
-
-
-def _check_config(where: str, key: str, config) -> None:
-    if not isinstance(config, dict):
-        raise ValueError(f"{where}: {key} must be a mapping of RecBole parameters, got {config!r}")
-    for knob, value in config.items():
-        problem = check_value(knob, value)
-        if problem:
-            raise ValueError(f"{where}: {key}.{knob}: {problem}")
-
-
-SENSITIVITY_KNOBS = ("pmtrec_alpha", "pmtrec_tau")
-
-
-def _check_sensitivity(where: str, sensitivity: dict) -> None:
-    """``datasets``: a list (empty: no sweep); each sweep given: a non-empty list of allowed values (a scalar
-    or an empty sweep is refused); datasets to sweep need at least one sweep."""
-    unknown = [k for k in sensitivity if k not in ("datasets", *SENSITIVITY_KNOBS)]
-    if unknown:
-        raise ValueError(
-            f"{where}: sensitivity.{unknown[0]}: unknown key; the section has datasets, "
-            + ", ".join(SENSITIVITY_KNOBS)
-        )
-    listed = sensitivity.get("datasets", [])
-    if not isinstance(listed, list):
-        raise ValueError(f"{where}: sensitivity.datasets must be a list of datasets, got {listed!r}")
-    for key in SENSITIVITY_KNOBS:
-        if key not in sensitivity:
-            continue
-        _check_values(where, f"sensitivity.{key}", key, sensitivity[key])
-    if listed and not any(key in sensitivity for key in SENSITIVITY_KNOBS):
-        raise ValueError(
-            f"{where}: sensitivity: datasets {listed} but no sweep; give {' or '.join(SENSITIVITY_KNOBS)}"
-        )
-
-
 def load_suite(name_or_path: str) -> Suite:
     path = suite_file(name_or_path)
     with open(path, encoding="utf-8") as f:
@@ -228,8 +153,8 @@ def load_suite(name_or_path: str) -> Suite:
     for key in ("config", "methods", "tuning", "datasets"):
         if key not in raw:
             raise ValueError(f"{where}: the suite has no '{key}' section")
-    _check_config(where, "config", raw["config"])
-    _check_methods(where, "methods", raw["methods"])
+    check_config(where, "config", raw["config"])
+    check_methods(where, "methods", raw["methods"])
     tuning = raw["tuning"]
     base_method = tuning.get("base_method", "ew")
     if not is_mtl_method(base_method):
@@ -242,27 +167,27 @@ def load_suite(name_or_path: str) -> Suite:
     for name, spec in raw["datasets"].items():
         spec = spec or {}
         if "methods" in spec:
-            all_methods |= set(_check_methods(where, f"datasets.{name}.methods", spec["methods"]))
-        _check_config(where, f"datasets.{name}.config", spec.get("config") or {})
+            all_methods |= set(check_methods(where, f"datasets.{name}.methods", spec["methods"]))
+        check_config(where, f"datasets.{name}.config", spec.get("config") or {})
     for method, grid in (tuning.get("method_grids") or {}).items():
-        _check_grid(where, f"tuning.method_grids.{method}", grid)
+        check_grid(where, f"tuning.method_grids.{method}", grid)
         if method not in all_methods:
             raise ValueError(
                 f"{where}: tuning.method_grids.{method}: a grid for a method the suite does not run; "
                 f"its methods: {', '.join(sorted(all_methods))}"
             )
-    _check_grid(where, "tuning.base_grid", tuning.get("base_grid") or {})
+    check_grid(where, "tuning.base_grid", tuning.get("base_grid") or {})
     for name, spec in raw["datasets"].items():
         spec = spec or {}
         methods = list(spec.get("methods") or raw["methods"])
         for method, grid in (spec.get("method_grids") or {}).items():
-            _check_grid(where, f"datasets.{name}.method_grids.{method}", grid)
+            check_grid(where, f"datasets.{name}.method_grids.{method}", grid)
             if method not in methods:
                 raise ValueError(
                     f"{where}: datasets.{name}.method_grids.{method}: a grid for a method the dataset does "
                     f"not run; its methods: {', '.join(methods)}"
                 )
-        _check_grid(where, f"datasets.{name}.base_grid", spec.get("base_grid") or {})
+        check_grid(where, f"datasets.{name}.base_grid", spec.get("base_grid") or {})
         method_grids = {**(tuning.get("method_grids") or {}), **(spec.get("method_grids") or {})}
         plan = DatasetPlan(
             name=name,
@@ -278,7 +203,7 @@ def load_suite(name_or_path: str) -> Suite:
         datasets[name] = plan  # its methods and grids were checked above, each with its key
     ablation = list(raw.get("ablation") or [])
     sensitivity = dict(raw.get("sensitivity") or {})
-    _check_sensitivity(where, sensitivity)
+    check_sensitivity(where, sensitivity)
     for listed in [*ablation, *sensitivity.get("datasets", [])]:
         if listed not in datasets:
             raise ValueError(f"{where}: ablation / sensitivity dataset '{listed}' is not in datasets")
@@ -316,7 +241,7 @@ def load_suite(name_or_path: str) -> Suite:
             if name not in datasets:
                 raise ValueError(f"{where}: seeds dataset '{name}' is not in datasets")
             for method in methods or []:
-                _check_method(where, f"seeds.datasets.{name}", method)
+                check_method(where, f"seeds.datasets.{name}", method)
     return Suite(
         name=path.stem,
         path=path,
@@ -328,60 +253,6 @@ def load_suite(name_or_path: str) -> Suite:
         encoders=encoders,
         seeds=seeds,
     )
-
-
-# ---------------------------------------------------------------------------------------------- methods
-def mtl_methods() -> list[str]:
-    from recbole_pmtrec.trainer.combiners import COMBINERS
-
-    return sorted(COMBINERS)
-
-
-def is_mtl_method(method: str) -> bool:
-    return method in mtl_methods()
-
-
-def method_spec(method: str) -> tuple[str, dict]:
-    """``(model, config)`` of a method: an mtl_method trains PMTRec with it; any other name is a model."""
-    if is_mtl_method(method):
-        return MAIN_MODEL, {"mtl_method": method}
-    from recbole_pmtrec.utils import get_model
-
-    get_model(method)  # raises with the list of models when unknown
-    return method, {}
-
-
-@lru_cache(maxsize=1)
-def multitask_keys() -> frozenset[str]:
-    """Knobs of PMTRec's model yaml and of the combiners: not passed to single-task models."""
-    keys = set()
-    for path in (properties_dir() / "model" / f"{MAIN_MODEL}.yaml", properties_dir() / "combiners.yaml"):
-        with open(path, encoding="utf-8") as f:
-            keys |= set((yaml.safe_load(f) or {}).keys())
-    shared = {"embedding_size", "train_batch_size", "embedding_init"}
-    return frozenset(keys - shared)
-
-
-def display_name(method: str) -> str:
-    """Column names in the paper's style: EW, PMTRec, Nash-MTL, ..."""
-    names = {
-        "pmtrec": "PMTRec",
-        "ew": "EW",
-        "rlw": "RLW",
-        "uw": "UW",
-        "dwa": "DWA",
-        "gradnorm": "GradNorm",
-        "graddrop": "GradDrop",
-        "pcgrad": "PCGrad",
-        "gradvac": "GradVac",
-        "cagrad": "CAGrad",
-        "aligned_mtl": "Aligned-MTL",
-        "nash_mtl": "Nash-MTL",
-        "mgda": "MGDA",
-        "upgrad": "UPGrad",
-        "imtl_g": "IMTL-G",
-    }
-    return names.get(method, method)
 
 
 # ---------------------------------------------------------------------------------------------- cells
