@@ -10,6 +10,7 @@ Each error names the key, the value it got and what is allowed. RecBole's own ke
   epoch by epoch, the opposite of the paper's rule (its grid is 1.00-1.20; 1 switches focusing off).
 - ``pmtrec_tau``: a finite number > 0 (the softmax temperature of Gradient Magnitude Balancing; 0 divides
   by zero, a negative temperature favours the weakest task).
+- ``aux_anchors``: ``sampled`` or ``batch`` (how the auxiliary tasks' anchors are chosen: data/sampler.py).
 - ``encoder``: one of PMTRec's encoders (``recbole_pmtrec.model.encoders.ENCODERS``), checked only for
   models that build one (PMTRec and its subclasses): RecBole's own models may use ``encoder`` otherwise.
 """
@@ -75,7 +76,14 @@ def _check_encoder(value) -> str | None:
     return f"one of {', '.join(encoders)}"
 
 
+def _check_aux_anchors(value) -> str | None:
+    if value in ("sampled", "batch"):
+        return None
+    return "sampled (anchors drawn per auxiliary batch) or batch (the interaction batch's ids)"
+
+
 CHECKS: dict[str, Callable[[object], str | None]] = {
+    "aux_anchors": _check_aux_anchors,
     "mtl_method": _check_mtl_method,
     "pmtrec_alpha": _check_alpha,
     "pmtrec_tau": _check_tau,

@@ -356,6 +356,40 @@ def test_category_positives_are_uniform_within_the_category(toy_train):
     assert set(counts.index) == {"i1", "i5"} and abs(counts["i1"] - counts["i5"]) < 0.25 * counts.sum()
 
 
+def test_given_anchors_keep_those_with_a_positive_in_order_and_draw_its_positives(toy_train):
+    """aux_anchors: batch. Hand-worked on auxtoy: u3 has no trust edge, i6 no category, i3 no co-view edge;
+    a kept anchor's positive is one of its own edges (u4 -> u6 only; i4's only category partner is i5; i3's
+    are i1 (c_b) and i8 (c_b), about equally often), one per anchor; negatives as for drawn anchors."""
+    sampler = AuxTaskSampler(toy_train, ["social", "category", "coview"], neg_num=2, seed=3)
+
+    def ids(field, tokens):
+        return torch.as_tensor(toy_train.token2id(field, tokens))
+
+    def tokens(field, ids_):
+        return list(toy_train.id2token(field, ids_.numpy()))
+
+    given = ids("user_id", ["u3", "u1", "u3", "u4", "u5", "u6", "u2"])
+    anchor, positive, negative = sampler.sample("social", given)
+    assert tokens("user_id", anchor) == ["u1", "u4", "u5", "u6", "u2"]
+    assert tokens("user_id", positive) == ["u2", "u6", "u3", "u5", "u1"]
+    assert negative.shape == (5, 2)
+    assert all((a, n) not in SOCIAL and a != n for a, negs in zip(anchor, negative) for n in negs)
+
+    given = ids("item_id", ["i6", "i4", "i3", "i7"] * 2000)
+    anchor, positive, negative = sampler.sample("category", given)
+    assert tokens("item_id", anchor) == ["i4", "i3", "i7"] * 2000 and negative.shape == (6000, 2)
+    pairs = pd.Series([f"{a}>{p}" for a, p in zip(tokens("item_id", anchor), tokens("item_id", positive))])
+    counts = pairs.value_counts()
+    assert set(counts.index) == {"i4>i5", "i3>i1", "i3>i8", "i7>i8"}
+    assert counts["i4>i5"] == counts["i7>i8"] == 2000 and abs(counts["i3>i1"] - counts["i3>i8"]) < 300
+
+    anchor, positive, negative = sampler.sample("coview", ids("item_id", ["i3", "i9", "i7"]))
+    assert list(zip(tokens("item_id", anchor), tokens("item_id", positive))) == [("i9", "i5"), ("i7", "i6")]
+    # no given anchor has a positive: an empty batch of the right shapes
+    anchor, positive, negative = sampler.sample("social", ids("user_id", ["u3", "u3"]))
+    assert anchor.shape == positive.shape == (0,) and negative.shape == (0, 2)
+
+
 def test_sampler_is_reproducible_and_leaves_global_rng_alone(toy_train):
     def draws(seed):
         sampler = AuxTaskSampler(toy_train, ["social", "category"], batch_size=16, neg_num=2, seed=seed)

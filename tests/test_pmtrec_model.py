@@ -78,6 +78,41 @@ def test_category_task_pairs_share_a_category(ml100k_model):
     assert all(share)
 
 
+def test_aux_anchors_batch_samples_category_pairs_from_the_batchs_items(ml100k_model):
+    """aux_anchors: batch: the category task's anchors are the batch's positive items that share a genre
+    with another training item, one pair each, in the batch's order."""
+    config, _, batch, dataset = ml100k_model
+    config["aux_anchors"] = "batch"
+    try:
+        model = PMTRec(config, dataset)
+    finally:
+        config["aux_anchors"] = "sampled"
+    out = model.multitask_forward(batch)
+    anchor, positive = [g.index for g in out.gathers if g.task == 1][:2]
+    # an independent check of which items can anchor: a genre shared with another training item
+    genres = dataset.item_feat["class"]
+    train_items = set(dataset.inter_feat["item_id"].tolist())
+    holders: dict = {}
+    for item in train_items:
+        for genre in set(genres[item].tolist()) - {0}:
+            holders.setdefault(genre, set()).add(item)
+    eligible = [
+        i
+        for i in batch["item_id"].tolist()
+        if any(len(holders.get(g, ())) >= 2 for g in set(genres[i].tolist()) - {0})
+    ]
+    assert anchor.tolist() == eligible and len(eligible) > 0.9 * len(batch)
+    assert all(
+        (set(genres[a].tolist()) - {0}) & (set(genres[b].tolist()) - {0}) and a != b
+        for a, b in zip(anchor.tolist(), positive.tolist())
+    )
+
+
+def test_aux_anchors_is_checked():
+    with pytest.raises(ValueError, match="aux_anchors.*allowed: sampled .* or batch"):
+        Config("PMTRec", "ml-100k", config_dict={"state": "ERROR", "aux_anchors": "incident"})
+
+
 def test_unknown_task_is_a_clear_error():
     config = Config("PMTRec", "ml-100k", config_dict={"state": "ERROR", "aux_tasks": ["social"]})
     with pytest.raises(ValueError, match="unknown task 'social'"):

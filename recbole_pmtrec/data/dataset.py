@@ -37,7 +37,10 @@ AUX_DEFAULTS = {
     "aux_neg_num": 1,
     "aux_neg_reject": True,
     "aux_cointeraction_max_pairs": 100,
+    "aux_anchors": "sampled",
 }
+#: ``aux_anchors``: drawn by the sampler, or the interaction batch's ids (edges incident to the batch)
+AUX_ANCHORS = ("sampled", "batch")
 
 SOURCE_FIELD, TARGET_FIELD, WEIGHT_FIELD = "source_id", "target_id", "weight"
 _SPACES = ("user", "item")

@@ -8,6 +8,11 @@ that category uniformly. Negatives are uniform over the task's id space ``1 .. n
 never drawn); with ``aux_neg_reject`` a negative that is the anchor or a true positive (an edge
 anchor -> negative; a shared category) is redrawn, at most ``REJECTION_ROUNDS`` times, after which the
 rare survivors are kept. ``directau`` and ``rating`` train on the interaction batch and have no sampler.
+
+With given ``anchors`` (``aux_anchors: batch``: the ids of the interaction batch in the task's space) the
+anchors are not drawn: each given anchor that has a positive keeps its place, the others are dropped, and
+its positive is drawn as above from that anchor (a uniform out-edge of a link task; for ``category`` a
+uniform one of its shared categories, then a uniform other training item of it): edges incident to the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ def _isin_sorted(query: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor
     return sorted_keys[position] == query
 
 
+def _uniform_below(bound: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One uniform integer in ``[0, bound)`` per element (``bound >= 1``)."""
+    draw = torch.rand(bound.shape, generator=generator, dtype=torch.float64)
+    return torch.minimum((draw * bound).long(), bound - 1)
+
+
 def _csr_tensors(matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
     matrix = matrix.tocsr()
     matrix.sort_indices()
@@ -45,10 +56,20 @@ class _LinkTask:
             raise ValueError(f"aux task '{relation.name}': the relation has no edges to sample")
         self.src, self.dst, self.num = relation.src, relation.dst, relation.num_nodes
         self.edge_keys = torch.sort(self.src * self.num + self.dst).values
+        # src is sorted: the out-edges of node a are src_ptr[a] .. src_ptr[a + 1] - 1
+        self.src_ptr = torch.searchsorted(self.src, torch.arange(self.num + 1))
 
     def positives(self, batch_size: int, generator: torch.Generator):
         edge = torch.randint(len(self.src), (batch_size,), generator=generator)
         return self.src[edge], self.dst[edge]
+
+    def positives_of(self, anchor: torch.Tensor, generator: torch.Generator):
+        """The anchors with an out-edge, in order, and a uniform out-edge's target for each."""
+        start = self.src_ptr[anchor]
+        degree = self.src_ptr[anchor + 1] - start
+        keep = degree > 0
+        start, degree = start[keep], degree[keep]
+        return anchor[keep], self.dst[start + _uniform_below(degree, generator)]
 
     def is_positive(self, anchor: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         return _isin_sorted(anchor * self.num + candidate, self.edge_keys)
@@ -78,22 +99,23 @@ class _CategoryTask:
             + self.full_cats
         ).values
 
-    @staticmethod
-    def _uniform_below(bound: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One uniform integer in ``[0, bound)`` per element (``bound >= 1``)."""
-        draw = torch.rand(bound.shape, generator=generator, dtype=torch.float64)
-        return torch.minimum((draw * bound).long(), bound - 1)
-
     def positives(self, batch_size: int, generator: torch.Generator):
         anchor = self.anchors[torch.randint(len(self.anchors), (batch_size,), generator=generator)]
+        return anchor, self._positive(anchor, generator)
+
+    def positives_of(self, anchor: torch.Tensor, generator: torch.Generator):
+        """The anchors that share a category with another training item, in order, and a positive each."""
+        anchor = anchor[self.item_ptr[anchor + 1] > self.item_ptr[anchor]]
+        return anchor, self._positive(anchor, generator)
+
+    def _positive(self, anchor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         start = self.item_ptr[anchor]
-        category = self.item_cats[start + self._uniform_below(self.item_ptr[anchor + 1] - start, generator)]
+        category = self.item_cats[start + _uniform_below(self.item_ptr[anchor + 1] - start, generator)]
         first = self.cat_ptr[category]
         size = self.cat_ptr[category + 1] - first
         # a uniform member among the first size-1 slots; the anchor's own slot maps to the last slot
-        positive = self.cat_items[first + self._uniform_below(size - 1, generator)]
-        positive = torch.where(positive == anchor, self.cat_items[first + size - 1], positive)
-        return anchor, positive
+        positive = self.cat_items[first + _uniform_below(size - 1, generator)]
+        return torch.where(positive == anchor, self.cat_items[first + size - 1], positive)
 
     def is_positive(self, anchor: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         """Whether ``candidate`` shares any category (of ``.item``) with ``anchor``, elementwise."""
@@ -152,8 +174,12 @@ class AuxTaskSampler:
                     f"{', '.join(dataset.relations) or 'none'}; also '{CATEGORY_TASK}' and {', '.join(BATCH_TASKS)}"
                 )
 
-    def sample(self, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch of ``task``: anchors, their positives and ``neg_num`` negatives each."""
+    def sample(
+        self, task: str, anchors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of ``task``: anchors, their positives and ``neg_num`` negatives each. ``anchors``
+        (ids in the task's space, e.g. the interaction batch's): those of them that have a positive, in
+        order, instead of ``batch_size`` drawn ones (possibly none: then empty tensors)."""
         if task in BATCH_TASKS:
             raise ValueError(
                 f"aux task '{task}' trains on the interaction batch itself; it has nothing to sample"
@@ -163,8 +189,13 @@ class AuxTaskSampler:
                 f"AuxTaskSampler: task '{task}' was not given at construction ({', '.join(self.tasks)})"
             )
         sampler = self._tasks[task]
-        anchor, positive = sampler.positives(self.batch_size, self.generator)
-        negative = torch.randint(1, sampler.num, (self.batch_size, self.neg_num), generator=self.generator)
+        if anchors is None:
+            anchor, positive = sampler.positives(self.batch_size, self.generator)
+        else:
+            anchor, positive = sampler.positives_of(
+                torch.as_tensor(anchors, dtype=torch.long), self.generator
+            )
+        negative = torch.randint(1, sampler.num, (len(anchor), self.neg_num), generator=self.generator)
         if self.reject_positives:
             flat_anchor, flat_negative = anchor.repeat_interleave(self.neg_num), negative.view(-1)
             pending = torch.arange(len(flat_negative))

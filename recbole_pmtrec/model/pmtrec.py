@@ -36,6 +36,7 @@ class PMTRec(MultiTaskModelMixin, GeneralRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         from recbole_pmtrec.data import AuxTaskSampler
+        from recbole_pmtrec.data.dataset import AUX_ANCHORS, aux_config
 
         self.encoder = build_encoder(config, dataset, self.n_users, self.n_items)
         self.gathers_from_base = not self.encoder.propagates
@@ -57,6 +58,9 @@ class PMTRec(MultiTaskModelMixin, GeneralRecommender):
         self.task_names = ["main", *aux]
         self.sampled_tasks = [t for t in aux if t not in BATCH_TASKS]
         self.task_space = {t: _task_space(dataset, t) for t in self.sampled_tasks}
+        self.aux_anchors = aux_config(config, "aux_anchors")
+        if self.aux_anchors not in AUX_ANCHORS:
+            raise ValueError(f"PMTRec: aux_anchors must be one of {AUX_ANCHORS}, got {self.aux_anchors!r}")
         batch_size = config["aux_batch_size"] or config["train_batch_size"]
         self.aux_sampler = (
             AuxTaskSampler(
@@ -98,8 +102,12 @@ class PMTRec(MultiTaskModelMixin, GeneralRecommender):
                 u, p = gather(task_id, "user", user), gather(task_id, "item", pos)
                 out.losses.append(F.mse_loss((u * p).sum(-1), interaction[self.RATING].float()))
             else:
-                anchor, positive, negative = (x.to(user.device) for x in self.aux_sampler.sample(task))
                 space = self.task_space[task]
+                given = None
+                if self.aux_anchors == "batch":  # edges incident to the batch: its users, or its items
+                    given = (user if space == "user" else pos).cpu()
+                sampled = self.aux_sampler.sample(task, given)
+                anchor, positive, negative = (x.to(user.device) for x in sampled)
                 a, p = gather(task_id, space, anchor), gather(task_id, space, positive)
                 n = gather(task_id, space, negative.reshape(-1)).view(*negative.shape, -1)
                 out.losses.append(_bpr(a, p, n))
@@ -137,7 +145,10 @@ class PMTRec(MultiTaskModelMixin, GeneralRecommender):
 
 
 def _bpr(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Mean over pairs of -log sigmoid(<a, p> - <a, n>); ``negatives`` is ``[B, k, d]``."""
+    """Mean over pairs of -log sigmoid(<a, p> - <a, n>); ``negatives`` is ``[B, k, d]``. No pairs (an
+    ``aux_anchors: batch`` batch without an anchor that has a positive): 0, with zero gradients."""
+    if anchor.shape[0] == 0:
+        return anchor.sum() + positive.sum() + negatives.sum()
     pos_score = (anchor * positive).sum(-1, keepdim=True)
     neg_score = torch.einsum("bd,bkd->bk", anchor, negatives)
     return -F.logsigmoid(pos_score - neg_score).mean()
