@@ -103,10 +103,10 @@ class PMTRec(MultiTaskModelMixin, GeneralRecommender):
                 out.losses.append(F.mse_loss((u * p).sum(-1), interaction[self.RATING].float()))
             else:
                 space = self.task_space[task]
-                given = None
                 if self.aux_anchors == "batch":  # edges incident to the batch: its users, or its items
-                    given = (user if space == "user" else pos).cpu()
-                sampled = self.aux_sampler.sample(task, given)
+                    sampled = self.aux_sampler.sample(task, (user if space == "user" else pos).cpu())
+                else:
+                    sampled = self.aux_sampler.sample(task)
                 anchor, positive, negative = (x.to(user.device) for x in sampled)
                 a, p = gather(task_id, space, anchor), gather(task_id, space, positive)
                 n = gather(task_id, space, negative.reshape(-1)).view(*negative.shape, -1)
