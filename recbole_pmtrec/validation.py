@@ -77,9 +77,13 @@ def _check_encoder(value) -> str | None:
 
 
 def _check_aux_anchors(value) -> str | None:
-    if value in ("sampled", "batch"):
+    from recbole_pmtrec.data.dataset import AUX_ANCHORS
+
+    if value in AUX_ANCHORS:
         return None
-    return "sampled (anchors drawn per auxiliary batch) or batch (the interaction batch's ids)"
+    return (
+        f"one of {', '.join(AUX_ANCHORS)} (anchors drawn per auxiliary batch, or the interaction batch's ids)"
+    )
 
 
 CHECKS: dict[str, Callable[[object], str | None]] = {

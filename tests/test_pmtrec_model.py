@@ -108,8 +108,18 @@ def test_aux_anchors_batch_samples_category_pairs_from_the_batchs_items(ml100k_m
     )
 
 
+def test_bpr_of_no_pairs_is_zero_with_zero_gradients():
+    """A batch-anchored auxiliary batch may keep no anchor: its loss is 0 (not the NaN of an empty mean)."""
+    from recbole_pmtrec.model.pmtrec import _bpr
+
+    rows = torch.zeros(0, 4, requires_grad=True)
+    loss = _bpr(rows, rows, rows.view(0, 1, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and rows.grad.shape == (0, 4)
+
+
 def test_aux_anchors_is_checked():
-    with pytest.raises(ValueError, match="aux_anchors.*allowed: sampled .* or batch"):
+    with pytest.raises(ValueError, match="aux_anchors.*allowed: one of sampled, batch"):
         Config("PMTRec", "ml-100k", config_dict={"state": "ERROR", "aux_anchors": "incident"})
 
 
