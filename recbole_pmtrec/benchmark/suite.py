@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,19 @@ def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def metric_label(metric: str) -> str:
+    name, k = metric.split("@")
+    return {"recall": "Recall", "ndcg": "NDCG"}.get(name, name) + "@" + k
+
+
+def fmt(value) -> str:
+    """The paper's style: .0905 (no leading zero), four decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.4f}"
+    return text[1:] if text.startswith("0.") else text
 
 
 def cell_id(dataset: str, method: str, params: dict) -> str:
