@@ -26,7 +26,8 @@ from recbole_pmtrec.data.convert import (
     convert_office,
 )
 from recbole_pmtrec.data.convert.__main__ import main as cli_main
-from recbole_pmtrec.data.convert._common import read_table, undirected_pairs
+from recbole_pmtrec.data.convert._common import undirected_pairs
+from recbole_pmtrec.data.convert._read import read_table
 from recbole_pmtrec.data.convert.amazon_2018 import default_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from recbole_pmtrec.data import AuxDataset
 from recbole_pmtrec.data.atomic import read_atomic, strict_dataset_class
 from recbole_pmtrec.data.convert import convert_lastfm
 from recbole_pmtrec.data.convert.__main__ import main as convert_main
-from recbole_pmtrec.data.convert._common import check_last_line
+from recbole_pmtrec.data.convert._read import check_last_line
 from recbole_pmtrec.data.multilabel import MultiLabelDataset
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

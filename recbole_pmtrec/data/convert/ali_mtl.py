@@ -26,7 +26,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._common import Reporter, _flow, check_last_line, write_atomic, write_yaml
+from ._common import Reporter, _flow, write_atomic, write_yaml
+from ._read import check_last_line
 
 VALID_FRACTION = 0.1
 SPLIT_SEED = 2020

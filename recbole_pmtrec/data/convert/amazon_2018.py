@@ -31,13 +31,13 @@ from ._common import (
     Reporter,
     clean_text,
     clean_token,
-    iter_json_lines,
     number_column,
     render_dataset_yaml,
     write_atomic,
     write_relation,
     write_yaml,
 )
+from ._read import iter_json_lines
 
 KIND = "amazon-2018"
 DEDUPE_CHOICES = ("none", "exact", "first")

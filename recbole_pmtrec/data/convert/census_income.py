@@ -30,7 +30,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._common import Reporter, _flow, require_file, write_atomic, write_yaml
+from ._common import Reporter, _flow, write_atomic, write_yaml
+from ._read import require_file
 
 NAME = "census-income"
 TRAIN_FILE = "census_income_1994_1995_train.csv.gz"

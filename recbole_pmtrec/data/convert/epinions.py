@@ -26,16 +26,15 @@ import pandas as pd
 from ._common import (
     RANDOM_SPLIT_EVAL,
     Reporter,
-    check_matrix_column,
     id_strings,
     join_tokens,
     number_column,
     render_dataset_yaml,
-    require_file,
     write_atomic,
     write_relation,
     write_yaml,
 )
+from ._read import check_matrix_column, require_file
 
 NAME = "epinions"
 DEDUPE_CHOICES = ("none", "exact", "first")

@@ -27,16 +27,13 @@ from ._common import (
     Reporter,
     join_tokens,
     number_column,
-    parse_float,
-    parse_int,
-    read_table,
     render_dataset_yaml,
-    require_file,
     undirected_pairs,
     write_atomic,
     write_relation,
     write_yaml,
 )
+from ._read import parse_float, parse_int, read_table, require_file
 
 NAME = "lastfm"
 FILES = {

@@ -18,17 +18,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._common import (
-    Reporter,
-    number_column,
-    parse_float,
-    parse_int,
-    read_table,
-    render_dataset_yaml,
-    require_file,
-    write_atomic,
-    write_yaml,
-)
+from ._common import Reporter, number_column, render_dataset_yaml, write_atomic, write_yaml
+from ._read import parse_float, parse_int, read_table, require_file
 
 NAME = "office"
 PARTS = (("train", "train.txt"), ("valid", "val.txt"), ("test", "test.txt"))
