@@ -4,8 +4,8 @@ additional file), and a mixin that makes a RecBole ``Dataset`` class read throug
 RecBole 1.2.1's ``Dataset._load_feat`` reads with ``pandas.read_csv``: a row missing its last field gets
 NaN there (a float field is then filled with the column mean by ``_fill_nan``: a missing timestamp moves
 the row in a time-ordered split), a row missing a middle field shifts the fields left (item "1", rating
-1006) and is then dropped or kept without a word. :func:`read_atomic` (``atomic_read.py``) refuses such input instead: every
-error is a ``ValueError`` naming the file, the line, the field and the value.
+1006) and is then dropped or kept without a word. :func:`read_atomic` (in ``atomic_read.py``) refuses such
+input instead: every error is a ``ValueError`` naming the file, the line, the field and the value.
 
 What is checked, vectorised over the raw bytes (a pass over Epinions' 922k rows adds well under a second):
 
