@@ -569,3 +569,31 @@ def test_a_grid_may_be_a_list_of_sub_grids_run_in_order(tmp_path):
     bad = text.replace("pmtrec_tau: [0.1, 0.01, 0.001]", "pmtrec_tau: [0.1, -1.0]")
     message = _refused(tmp_path, bad)
     assert "tuning.method_grids.pmtrec[1].pmtrec_tau: config key 'pmtrec_tau' has the value -1.0" in message
+
+
+def test_cells_outside_the_plan_are_listed_apart_and_used_nowhere(fake_suite, tmp_path):
+    out = tmp_path / "out"
+    bench = Benchmark(fake_suite, out, runner=CountingRunner(fake_runner), progress=False)
+    bench.run()
+    assert bench.other_cells() == {}
+    # a cell of an earlier grid (lr 0.5, not in the suite) with a valid score above every planned cell's,
+    # and a cell of a dataset the suite does not have: only the first is the suite's
+    ew_id = bench.picks["office"]["methods"]["ew"]
+    stray = dict(bench.results[ew_id], id="office__ew__lr0.5_wd0.0", best_valid_score=0.99, wall_s=4321.0)
+    stray["params"] = {"learning_rate": 0.5, "weight_decay": 0.0}
+    stray["test_result"] = {k: 0.777 for k in stray["test_result"]}
+    foreign = dict(stray, id="other__ew__lr0.5_wd0.0", dataset="other")
+    bench.store.save(stray)
+    bench.store.save(foreign)
+    again = Benchmark(fake_suite, out, resume=True, run_cells=False, progress=False)
+    again.run()
+    assert again.picks == bench.picks  # the stray cell's higher valid score picks nothing
+    others = again.other_cells()
+    assert list(others) == ["office__ew__lr0.5_wd0.0"]
+    write_report(fake_suite, again.results, again.picks, out, "cmd", others=others)
+    text = (out / "table.md").read_text()
+    head, tail = text.split("## Other cells in `cells/`")
+    assert ".7770" not in head and "4321" not in head
+    assert "| office | base | EW | lr=0.5, wd=0 | .9900 | .7770 | .7770 | 2 / 3 | 4321 |" in tail
+    commands = (out / "commands.md").read_text()
+    assert "## office__ew__lr0.5_wd0.0" in commands and "other__ew__lr0.5_wd0.0" not in commands

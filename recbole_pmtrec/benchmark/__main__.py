@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> Benchmark:
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: keep ours away from it
     bench.run()
     command = " ".join(["python -m recbole_pmtrec.benchmark", *(shlex.quote(a) for a in argv)])
-    written = write_report(suite, bench.results, bench.picks, out, command)
+    written = write_report(suite, bench.results, bench.picks, out, command, others=bench.other_cells())
     print(summary_line(bench, time.perf_counter() - start))
     print("wrote " + ", ".join(str(p) for p in written))
     return bench

@@ -151,6 +151,19 @@ class Benchmark:
         self.bar = None
         self.progress = progress
 
+    def other_cells(self) -> dict[str, dict]:
+        """Finished cells of the output folder, of this suite's datasets and methods, that the current plan
+        does not name (a grid point or seed of an earlier pick): the report lists them apart."""
+        others = {}
+        for cell_id in self.store.ids():
+            if cell_id in self.results:
+                continue
+            record = self.store.load(cell_id)
+            plan = self.suite.datasets.get(record.get("dataset"))
+            if plan is not None and record.get("method") in {*plan.methods, self.suite.base_method}:
+                others[cell_id] = record
+        return others
+
     # ------------------------------------------------------------------------------------------ running
     def run(self) -> dict[str, dict]:
         total = sum(self._nominal_cells(plan) for plan in self.suite.datasets.values())

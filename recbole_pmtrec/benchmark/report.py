@@ -273,8 +273,12 @@ def _r20_n20(results: dict, cell_id: str | None, label: str | None = None) -> st
 
 
 # ---------------------------------------------------------------------------------------------- files
-def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: str) -> list[Path]:
-    """``table.md``, ``commands.md`` and the plots; returns the paths written."""
+def write_report(
+    suite: Suite, results: dict, picks: dict, out: Path, command: str, others: dict | None = None
+) -> list[Path]:
+    """``table.md``, ``commands.md`` and the plots; returns the paths written. ``others``: finished cells of
+    the output folder that the current plan does not name (``Benchmark.other_cells``), listed on their own
+    and used in no table above them."""
     out = Path(out)
     written = []
     plot_names = []
@@ -331,6 +335,14 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
             seeds_table(suite, ok, picks),
         ]
     parts += ["## Every cell\n", cells_table(results)]
+    if others:
+        parts += [
+            "## Other cells in `cells/`\n",
+            "Finished cells of the output folder that the suite's current plan does not name (a grid point or "
+            "a seed of a setting that was a pick when it ran, before the picks moved): listed here, used in "
+            "no table above.\n",
+            cells_table(others),
+        ]
     if plot_names:
         parts += ["## Plots\n", "\n".join(f"![{p.stem}]({p.name})" for p in plot_names) + "\n"]
     table = out / "table.md"
@@ -342,7 +354,10 @@ def write_report(suite: Suite, results: dict, picks: dict, out: Path, command: s
         f"The whole suite: `{command}`. Each cell below runs alone from the project root (RecBole's command "
         "line; every config entry of the cell is on it) and gives the cell's numbers.\n",
     ]
-    for r in sorted(results.values(), key=lambda r: r["dataset"]):
+    for r in [
+        *sorted(results.values(), key=lambda r: r["dataset"]),
+        *sorted((others or {}).values(), key=lambda r: r["id"]),
+    ]:
         status = f"{r['wall_s']:.0f} s" if r.get("status") == "ok" else f"failed: {r.get('error')}"
         lines += [f"## {r['id']}\n", f"stage {r['stage']}, {status}\n", f"```bash\n{r['command']}\n```\n"]
     commands = out / "commands.md"
